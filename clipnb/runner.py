@@ -1,0 +1,398 @@
+"""Execute study notebooks with papermill, incrementally, into the book's build tree.
+
+A study re-runs only when its notebook, its parameters or the clipnb sources changed: a content
+hash is stored beside its executed notebook. Outputs are written atomically; a failed study keeps
+its executed notebook (error visible) and leaves every other study's output alone.
+"""
+
+from __future__ import annotations
+
+import ast
+import datetime as _dt
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import nbformat
+
+from .studies import STUDIES, Study, get_study, repo_root
+from .utils import PACKAGE_DIR, atomic_write_json, atomic_write_text, stable_hash, tree_hash
+
+KERNEL_NAME = "clipnb"
+GLUE_PREFIX = "application/papermill.record/"
+VERSIONED_PACKAGES = (
+    "torch",
+    "torchvision",
+    "open_clip_torch",
+    "numpy",
+    "scikit-learn",
+    "grad-cam",
+    "papermill",
+)
+
+
+class ParameterError(ValueError):
+    """An unknown study parameter or a value of the wrong type."""
+
+
+@dataclass
+class Outcome:
+    study: str
+    status: str  # "ran", "up-to-date" or "failed"
+    seconds: float
+    message: str = ""
+
+
+def notebooks_dir() -> Path:
+    return repo_root() / "notebooks"
+
+
+def default_out_dir() -> Path:
+    return repo_root() / "book" / "executed"
+
+
+def read_notebook(study: Study) -> nbformat.NotebookNode:
+    import jupytext
+
+    path = notebooks_dir() / study.notebook
+    if not path.exists():
+        raise FileNotFoundError(f"Study {study.name!r}: notebook {path} is missing.")
+    return jupytext.read(path)
+
+
+def notebook_parameters(nb: nbformat.NotebookNode, name: str = "notebook") -> dict[str, Any]:
+    """The defaults in the notebook's ``parameters`` cell (plain literals only)."""
+    cells = [c for c in nb.cells if "parameters" in c.get("metadata", {}).get("tags", [])]
+    if len(cells) != 1:
+        raise ParameterError(
+            f"{name}: expected exactly one cell tagged 'parameters', found {len(cells)}."
+        )
+    params: dict[str, Any] = {}
+    for node in ast.parse(cells[0].source).body:
+        if not (isinstance(node, ast.Assign | ast.AnnAssign)):
+            raise ParameterError(
+                f"{name}: the parameters cell may only hold assignments of literals."
+            )
+        target = node.targets[0] if isinstance(node, ast.Assign) else node.target
+        if not isinstance(target, ast.Name) or node.value is None:
+            raise ParameterError(f"{name}: parameters must be simple `name = literal` lines.")
+        try:
+            params[target.id] = ast.literal_eval(node.value)
+        except ValueError as err:
+            raise ParameterError(
+                f"{name}: parameter {target.id!r} is not a plain literal; compute derived values "
+                "in a later cell."
+            ) from err
+    return params
+
+
+def _type_ok(default: Any, value: Any) -> bool:
+    if isinstance(default, bool) or isinstance(value, bool):
+        return isinstance(default, bool) and isinstance(value, bool)
+    if isinstance(default, float):
+        return isinstance(value, int | float)
+    if isinstance(default, list | tuple):
+        return isinstance(value, list | tuple)
+    if default is None:
+        return True
+    return isinstance(value, type(default))
+
+
+def check_parameters(study: Study, defaults: dict[str, Any], given: dict[str, Any]) -> None:
+    """Refuse unknown names and wrong types before anything runs (papermill would only warn)."""
+    for key, value in given.items():
+        if key not in defaults:
+            raise ParameterError(
+                f"Study {study.name!r} has no parameter {key!r}. Its parameters: "
+                + ", ".join(f"{k}={v!r}" for k, v in defaults.items())
+            )
+        if not _type_ok(defaults[key], value):
+            raise ParameterError(
+                f"Study {study.name!r}: parameter {key!r} must be of type "
+                f"{type(defaults[key]).__name__} (default {defaults[key]!r}), got {value!r}."
+            )
+
+
+def parse_assignment(text: str) -> tuple[str, Any]:
+    """``key=value`` from the command line; the value is a Python literal or else a string."""
+    if "=" not in text:
+        raise ParameterError(f"--set expects key=value, got {text!r}")
+    key, raw = text.split("=", 1)
+    try:
+        value = ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        value = raw
+    return key.strip(), value
+
+
+def package_hash() -> str:
+    files = [
+        p
+        for p in PACKAGE_DIR.rglob("*")
+        if p.suffix in (".py", ".json") and "__pycache__" not in p.parts
+    ]
+    return tree_hash(files, PACKAGE_DIR)
+
+
+def resolve(
+    study: Study, profile: str, overrides: dict[str, Any] | None = None
+) -> tuple[nbformat.NotebookNode, dict[str, Any], str]:
+    """The notebook, its checked parameters and the content hash that decides whether to re-run."""
+    nb = read_notebook(study)
+    defaults = notebook_parameters(nb, study.notebook)
+    params = {**study.overrides(profile), **(overrides or {})}
+    check_parameters(study, defaults, params)
+    source = (notebooks_dir() / study.notebook).read_text()
+    data = os.environ.get("CLIPNB_DATA", "") if profile == "full" else ""
+    digest = stable_hash([source, params, package_hash(), data], length=32)
+    return nb, params, digest
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for pkg in VERSIONED_PACKAGES:
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+def _git_sha() -> str:
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=repo_root(),
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=repo_root(),
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+        return sha + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def glued_values(nb: nbformat.NotebookNode) -> dict[str, float]:
+    """Every number the notebook glued (myst-nb), by key: the study's headline metrics."""
+    values: dict[str, float] = {}
+    for cell in nb.cells:
+        for output in cell.get("outputs", []):
+            name = output.get("metadata", {}).get("scrapbook", {}).get("name")
+            if not name:
+                continue
+            data = output.get("data", {})
+            text = data.get(GLUE_PREFIX + "text/plain", data.get("text/plain"))
+            try:
+                values[name] = float(text)
+            except (TypeError, ValueError):
+                continue
+    return values
+
+
+def failing_cell(nb: nbformat.NotebookNode) -> str:
+    for i, cell in enumerate(nb.cells):
+        for output in cell.get("outputs", []):
+            if output.get("output_type") == "error":
+                first = cell.source.strip().splitlines()[0] if cell.source.strip() else ""
+                return f"cell {i} ({first[:60]!r}): {output.get('ename')}: {output.get('evalue')}"
+    return "unknown cell"
+
+
+def run_study(
+    study: Study,
+    profile: str,
+    out_dir: Path,
+    overrides: dict[str, Any] | None = None,
+    kernel_name: str = KERNEL_NAME,
+    force: bool = False,
+) -> Outcome:
+    import papermill as pm
+
+    nb, params, digest = resolve(study, profile, overrides)
+    out_nb = out_dir / f"{study.name}.ipynb"
+    stamp_path = out_dir / f"{study.name}.stamp.json"
+    if not force and out_nb.exists() and stamp_path.exists():
+        stamp = json.loads(stamp_path.read_text())
+        if stamp.get("hash") == digest and stamp.get("status") == "ok":
+            return Outcome(study.name, "up-to-date", 0.0)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    nb.metadata["kernelspec"] = {
+        "name": kernel_name,
+        "display_name": "clipnb",
+        "language": "python",
+    }
+    tmp = out_dir / f".{study.name}.running.ipynb"
+    start = time.perf_counter()
+    status, message = "ok", ""
+    try:
+        pm.execute_notebook(
+            nb,
+            str(tmp),
+            parameters=params,
+            kernel_name=kernel_name,
+            cwd=str(notebooks_dir()),
+            progress_bar={"desc": study.name, "unit": "cell"},
+            log_output=False,
+        )
+    except Exception as err:
+        status = "failed"
+        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if tmp.exists():
+            message = failing_cell(nbformat.read(tmp, as_version=4))
+        else:
+            message += "\n" + traceback.format_exc(limit=3)
+    seconds = time.perf_counter() - start
+    if tmp.exists():
+        executed = nbformat.read(tmp, as_version=4)
+        os.replace(tmp, out_nb)
+    else:
+        executed = nb
+    if status == "ok":
+        atomic_write_json(
+            out_dir / f"{study.name}.results.json",
+            {
+                "study": study.name,
+                "title": study.title,
+                "profile": profile,
+                "parameters": params,
+                "metrics": glued_values(executed),
+                "wall_time_s": round(seconds, 1),
+                "git_sha": _git_sha(),
+                "versions": _versions(),
+                "finished": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+            },
+        )
+    atomic_write_json(
+        stamp_path, {"hash": digest if status == "ok" else "", "status": status, "profile": profile}
+    )
+    return Outcome(study.name, "ran" if status == "ok" else "failed", seconds, message)
+
+
+def run(
+    names: list[str] | None = None,
+    profile: str = "embedded",
+    overrides: dict[str, Any] | None = None,
+    out_dir: Path | None = None,
+    kernel_name: str = KERNEL_NAME,
+    force: bool = False,
+) -> list[Outcome]:
+    """Run the named studies (all by default) in registry order; check every study first."""
+    studies = [get_study(n) for n in names] if names else list(STUDIES)
+    out_dir = Path(out_dir) if out_dir else default_out_dir()
+    for study in studies:  # fail fast on bad names/types before any work
+        resolve(
+            study,
+            profile,
+            overrides if len(studies) == 1 else _applicable(study, profile, overrides),
+        )
+    outcomes = []
+    for study in studies:
+        outcome = run_study(
+            study, profile, out_dir, _applicable(study, profile, overrides), kernel_name, force
+        )
+        label = {
+            "ran": f"done in {outcome.seconds:.1f} s",
+            "up-to-date": "up to date (skipped)",
+        }.get(outcome.status, f"FAILED after {outcome.seconds:.1f} s — {outcome.message}")
+        print(
+            f"[clipnb] {study.name}: {label}",
+            file=sys.stderr if outcome.status == "failed" else sys.stdout,
+            flush=True,
+        )
+        outcomes.append(outcome)
+    write_pages(out_dir)
+    return outcomes
+
+
+def _applicable(study: Study, profile: str, overrides: dict[str, Any] | None) -> dict[str, Any]:
+    """With several studies, a ``--set`` applies to those that have the parameter."""
+    if not overrides:
+        return {}
+    defaults = notebook_parameters(read_notebook(study), study.notebook)
+    unknown = [
+        k
+        for k in overrides
+        if not any(k in notebook_parameters(read_notebook(s), s.notebook) for s in STUDIES)
+    ]
+    if unknown:
+        raise ParameterError(f"No study has parameter(s) {', '.join(unknown)}.")
+    return {k: v for k, v in overrides.items() if k in defaults}
+
+
+# --- generated book pages -----------------------------------------------------------------------
+
+
+def load_results(out_dir: Path) -> list[dict[str, Any]]:
+    results = []
+    for study in STUDIES:
+        path = out_dir / f"{study.name}.results.json"
+        if path.exists():
+            results.append(json.loads(path.read_text()))
+    return results
+
+
+def _write_if_changed(path: Path, text: str) -> None:
+    if not path.exists() or path.read_text() != text:
+        atomic_write_text(path, text)
+
+
+def write_pages(out_dir: Path) -> None:
+    """The summary and Reproducibility pages, generated from the studies' results files."""
+    results = {r["study"]: r for r in load_results(out_dir)}
+    lines = [
+        "# Summary",
+        "",
+        "Headline numbers of every chapter, read from the results files that the chapters wrote in this",
+        "build (so they always agree with the chapters).",
+        "",
+        "| chapter | metric | value | profile |",
+        "| --- | --- | --- | --- |",
+    ]
+    for study in STUDIES:
+        res = results.get(study.name)
+        for key, label in study.headline.items():
+            value = res["metrics"].get(key) if res else None
+            shown = "not run" if value is None else f"{value:.1f}"
+            profile = res["profile"] if res else "—"
+            lines.append(f"| [{study.title}]({study.name}.ipynb) | {label} | {shown} | {profile} |")
+    _write_if_changed(out_dir / "summary.md", "\n".join(lines) + "\n")
+
+    rows = [
+        "# Reproducibility",
+        "",
+        "One row per study: the profile and parameters it ran with, its wall time, the commit and the",
+        "package versions. Rebuild one chapter with other parameters with",
+        "`python -m clipnb run STUDY --profile PROFILE --set key=value`.",
+        "",
+        "| study | profile | wall time (s) | commit | finished | parameters |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    versions: dict[str, str] = {}
+    for study in STUDIES:
+        res = results.get(study.name)
+        if not res:
+            rows.append(f"| {study.name} | — | — | — | not run | — |")
+            continue
+        versions = res["versions"]
+        params = ", ".join(f"`{k}={v!r}`" for k, v in res["parameters"].items())
+        rows.append(
+            f"| {study.name} | {res['profile']} | {res['wall_time_s']} | {res['git_sha']} | {res['finished']} | {params} |"
+        )
+    if versions:
+        rows += ["", "Package versions of the last run:", ""]
+        rows += [f"- {k}: {v}" for k, v in versions.items()]
+    _write_if_changed(out_dir / "reproducibility.md", "\n".join(rows) + "\n")

@@ -1,0 +1,109 @@
+"""Small shared helpers: seeding, hashing, atomic writes and the cache location."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch, and ask torch for deterministic kernels.
+
+    Same parameters and seed must give the same numbers on a rerun, so every study calls this first.
+    """
+    random.seed(seed)
+    np.random.seed(seed % 2**32)  # noqa: NPY002 - seeds code that uses the legacy global RNG
+    torch.manual_seed(seed)
+    # warn_only: a few CPU ops (e.g. some index_add paths) have no deterministic variant flag; they
+    # are deterministic on CPU anyway, and a hard error would stop a study for no benefit.
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def cache_dir() -> Path:
+    """Root of the on-disk cache (features, checkpoints): ``$CLIPNB_CACHE`` or ``~/.cache/clipnb``."""
+    root = os.environ.get("CLIPNB_CACHE") or os.path.join(Path.home(), ".cache", "clipnb")
+    path = Path(root)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def stable_hash(obj: Any, length: int = 16) -> str:
+    """A short sha256 of a JSON-serialisable object (keys sorted), stable across runs and machines."""
+    blob = json.dumps(obj, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:length]
+
+
+def file_hash(path: str | os.PathLike, length: int = 16) -> str:
+    """sha256 of a file's bytes (used to key caches on checkpoints, so a changed file is never reused)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()[:length]
+
+
+def array_hash(array: np.ndarray, length: int = 16) -> str:
+    """sha256 of an array's dtype, shape and bytes."""
+    digest = hashlib.sha256()
+    digest.update(str((array.dtype.str, array.shape)).encode())
+    digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()[:length]
+
+
+def tree_hash(paths: Iterable[Path], root: Path, length: int = 16) -> str:
+    """sha256 over files' relative names and bytes (order-independent)."""
+    digest = hashlib.sha256()
+    for path in sorted(paths):
+        digest.update(str(path.relative_to(root)).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:length]
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temp file in the same folder and a rename.
+
+    An interrupted run therefore leaves either the old file or the new one, never half of one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save`` through a temp file + rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

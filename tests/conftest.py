@@ -1,0 +1,43 @@
+"""Test-wide settings: offline, a private cache, no display.
+
+Set before clipnb is imported, and inherited by every notebook kernel the tests start, so that no
+test (and no notebook a test executes) can reach the network or touch the user's cache.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+_CACHE = Path(tempfile.mkdtemp(prefix="clipnb-test-cache-"))
+os.environ["CLIPNB_CACHE"] = str(_CACHE)
+os.environ["CLIPNB_OFFLINE"] = "1"
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["MPLBACKEND"] = "Agg"
+os.environ["PYDEVD_DISABLE_FILE_VALIDATION"] = "1"
+os.environ.pop("CLIPNB_DATA", None)
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def repo() -> Path:
+    return REPO
+
+
+@pytest.fixture(scope="session")
+def smoke_bundle():
+    """The smoke profile's pretrained tiny CLIP (trained once per test session, in seconds)."""
+    from clipnb.pretrain import load_pretrained
+
+    return load_pretrained("smoke", progress=False)
+
+
+@pytest.fixture()
+def fresh_cache(tmp_path, monkeypatch) -> Path:
+    """An empty cache folder for tests that count cache hits."""
+    monkeypatch.setenv("CLIPNB_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"

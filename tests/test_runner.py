@@ -1,0 +1,143 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from clipnb import runner, studies
+from clipnb.__main__ import main
+from clipnb.studies import Study
+
+FAKE = """# %% tags=["parameters"]
+profile = "embedded"
+x = 1
+label = "a"
+fail = False
+
+# %%
+from myst_nb import glue
+
+if fail:
+    raise RuntimeError("boom")
+glue("value", float(x) * 2, display=False)
+"""
+
+
+@pytest.fixture()
+def fake_studies(tmp_path, monkeypatch):
+    nb_dir = tmp_path / "notebooks"
+    nb_dir.mkdir()
+    for name in ("first", "second"):
+        (nb_dir / f"{name}.py").write_text(FAKE)
+    fake = [
+        Study(
+            "first",
+            "first.py",
+            "First",
+            profiles={"smoke": {"x": 3}},
+            headline={"value": "twice x"},
+        ),
+        Study("second", "second.py", "Second"),
+    ]
+    monkeypatch.setattr(studies, "STUDIES", fake)
+    monkeypatch.setattr(runner, "STUDIES", fake)
+    monkeypatch.setattr(runner, "notebooks_dir", lambda: nb_dir)
+    return tmp_path / "out"
+
+
+def test_parameters_cell_is_parsed(repo):
+    nb = runner.read_notebook(studies.get_study("embedded_clip"))
+    params = runner.notebook_parameters(nb)
+    assert params["profile"] == "embedded" and isinstance(params["seed"], int)
+
+
+def test_every_registered_study_has_valid_profiles():
+    for study in studies.STUDIES:
+        nb = runner.read_notebook(study)
+        defaults = runner.notebook_parameters(nb, study.notebook)
+        for profile in studies.PROFILES:
+            runner.check_parameters(study, defaults, study.overrides(profile))
+
+
+def test_toc_lists_every_study_in_order(repo):
+    toc = (repo / "book" / "_toc.yml").read_text()
+    positions = [toc.index(f"executed/{s.name}\n") for s in studies.STUDIES]
+    assert positions == sorted(positions)
+
+
+def test_bad_inputs_are_clear_errors(fake_studies):
+    with pytest.raises(ValueError, match="Known studies: first, second"):
+        runner.run(["nope"], "smoke", out_dir=fake_studies)
+    with pytest.raises(runner.ParameterError, match=r"no parameter 'y'.*x=1"):
+        runner.run(["first"], "smoke", {"y": 2}, out_dir=fake_studies)
+    with pytest.raises(runner.ParameterError, match="must be of type int"):
+        runner.run(["first"], "smoke", {"x": "three"}, out_dir=fake_studies)
+    with pytest.raises(ValueError, match="Unknown profile"):
+        runner.run(["first"], "huge", out_dir=fake_studies)
+    assert not fake_studies.exists(), "nothing may run before the inputs are checked"
+    assert main(["run", "first", "--set", "y=1", "--out", str(fake_studies)]) == 2
+
+
+def test_incremental_runs_and_failures(fake_studies):
+    out = fake_studies
+    first = runner.run(None, "smoke", out_dir=out)
+    assert [o.status for o in first] == ["ran", "ran"]
+    result = json.loads((out / "first.results.json").read_text())
+    assert result["metrics"] == {"value": 6.0} and result["parameters"]["x"] == 3
+    assert result["profile"] == "smoke" and "torch" in result["versions"]
+    assert "| First | twice x | 6.0 | smoke |" in (out / "summary.md").read_text().replace(
+        "[First](first.ipynb)", "First"
+    )
+    assert "| second | smoke |" in (out / "reproducibility.md").read_text()
+
+    # Nothing changed: no work.
+    assert [o.status for o in runner.run(None, "smoke", out_dir=out)] == [
+        "up-to-date",
+        "up-to-date",
+    ]
+
+    # A changed parameter re-runs only that study.
+    second_nb = (out / "second.ipynb").stat().st_mtime_ns
+    again = runner.run(["first"], "smoke", {"x": 5}, out_dir=out)
+    assert again[0].status == "ran"
+    assert (out / "second.ipynb").stat().st_mtime_ns == second_nb
+
+    # A failure keeps the failed notebook, names the cell, and leaves the other study alone.
+    second_results = (out / "second.results.json").read_text()
+    failed = runner.run(["first"], "smoke", {"fail": True}, out_dir=out)
+    assert (
+        failed[0].status == "failed" and "boom" in failed[0].message and "cell" in failed[0].message
+    )
+    executed = (out / "first.ipynb").read_text()
+    assert "RuntimeError" in executed
+    assert (out / "second.results.json").read_text() == second_results
+    assert main(["run", "first", "--set", "fail=True", "--out", str(out)]) == 1
+    # After a failure the study is not considered up to date.
+    assert runner.run(["first"], "smoke", {"x": 5}, out_dir=out)[0].status == "ran"
+
+
+def test_cli_list_shows_profiles(capsys):
+    assert main(["list"]) == 0
+    text = capsys.readouterr().out
+    assert "embedded_clip" in text and "smoke" in text and "full" in text
+
+
+def test_glued_values_reads_myst_nb_records():
+    import nbformat
+
+    nb = nbformat.v4.new_notebook()
+    cell = nbformat.v4.new_code_cell("")
+    cell.outputs = [
+        nbformat.v4.new_output(
+            "display_data",
+            data={"application/papermill.record/text/plain": "0.25"},
+            metadata={"scrapbook": {"name": "acc", "mime_prefix": "application/papermill.record/"}},
+        )
+    ]
+    nb.cells.append(cell)
+    assert runner.glued_values(nb) == {"acc": 0.25}
+
+
+def test_out_dir_default_is_in_book(repo):
+    assert runner.default_out_dir() == Path(repo) / "book" / "executed"
