@@ -8,6 +8,7 @@ split, sample indices). A changed checkpoint therefore never reuses stale featur
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ import torch.nn.functional as F
 from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
 from tqdm.auto import tqdm
 
-from .data import ImageSet
+from .data import DatasetSplits, ImageSet
 from .models import ClipBundle
 from .utils import array_hash, atomic_torch_save, cache_dir, stable_hash
 
@@ -38,7 +39,6 @@ def image_tensors(
     return torch.stack([bundle.preprocess(images.image(int(i))) for i in rows])
 
 
-@torch.inference_mode()
 def _encode_rows(
     encode: Callable[[torch.Tensor], torch.Tensor],
     bundle: ClipBundle,
@@ -49,14 +49,16 @@ def _encode_rows(
 ) -> torch.Tensor:
     out = []
     device = next(bundle.model.parameters()).device
-    for start in tqdm(
-        range(0, len(rows), batch_size), desc=desc, leave=False, disable=len(rows) <= batch_size
-    ):
-        batch = image_tensors(bundle, images, rows[start : start + batch_size]).to(device)
-        out.append(F.normalize(encode(batch).float(), dim=-1).cpu())
+    # inference_mode for speed; the result is cloned outside it so that it can feed training.
+    with torch.inference_mode():
+        for start in tqdm(
+            range(0, len(rows), batch_size), desc=desc, leave=False, disable=len(rows) <= batch_size
+        ):
+            batch = image_tensors(bundle, images, rows[start : start + batch_size]).to(device)
+            out.append(F.normalize(encode(batch).float(), dim=-1).cpu())
     if not out:
         raise ValueError(f"{images.name}: no images to encode")
-    return torch.cat(out)
+    return torch.cat(out).clone()
 
 
 def encode_images(
@@ -114,7 +116,7 @@ def encode_texts(
         for start in range(0, len(texts), batch_size):
             tokens = bundle.tokenize(texts[start : start + batch_size]).to(device)
             out.append(F.normalize(bundle.model.encode_text(tokens).float(), dim=-1).cpu())
-    feats = torch.cat(out)
+    feats = torch.cat(out).clone()
     if cache:
         atomic_torch_save(feats, path)
     return feats
@@ -136,3 +138,27 @@ def class_embeddings(
     feats = encode_texts(bundle, prompts(class_names, templates), cache=cache)
     per_class = feats.view(len(class_names), len(templates), -1)
     return F.normalize(per_class.mean(dim=1), dim=-1)
+
+
+@dataclass
+class SplitFeatures:
+    """Normalised image features and labels of one split."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    class_names: list[str]
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+
+def encode_dataset(bundle: ClipBundle, data: DatasetSplits, **kwargs) -> dict[str, SplitFeatures]:
+    """Features of a dataset's train, val and test splits (each from the cache when possible)."""
+    return {
+        split: SplitFeatures(
+            encode_images(bundle, data.split(split), **kwargs),
+            torch.as_tensor(data.split(split).labels),
+            data.class_names,
+        )
+        for split in ("train", "val", "test")
+    }

@@ -6,6 +6,7 @@ models are ordinary open_clip models and every study treats them like ``ViT-B-32
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -69,9 +70,20 @@ def list_models() -> list[str]:
     return open_clip.list_models()
 
 
-def _weights_identity(name: str, pretrained: str | None) -> str:
+def state_hash(model: nn.Module, length: int = 16) -> str:
+    """sha256 of a model's state dict (names, shapes and bytes)."""
+    digest = hashlib.sha256()
+    for key, value in model.state_dict().items():
+        digest.update(key.encode())
+        digest.update(str(tuple(value.shape)).encode())
+        digest.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:length]
+
+
+def _weights_identity(model: nn.Module, pretrained: str | None) -> str:
     if pretrained is None:
-        return "random-init"
+        # Random init has no file: hash the weights so two inits never share cached features.
+        return f"random:{state_hash(model)}"
     if os.path.isfile(pretrained):
         return f"file:{file_hash(pretrained)}"
     return f"tag:{pretrained}"
@@ -132,7 +144,7 @@ def create_model(
     fingerprint = stable_hash(
         {
             "name": name,
-            "weights": _weights_identity(name, pretrained_str),
+            "weights": _weights_identity(model, pretrained_str),
             "quick_gelu": quick_gelu,
             "preprocess": repr(preprocess),
         }

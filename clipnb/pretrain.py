@@ -7,9 +7,11 @@ The checkpoint is cached under a key of (config, model config, world generator s
 
 from __future__ import annotations
 
+import fcntl
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -209,15 +211,24 @@ def checkpoint_path(config: PretrainConfig) -> Path:
 
 def ensure_pretrained(config: PretrainConfig, progress: bool = True) -> Path:
     """The cached checkpoint for ``config``, pretraining first if it is missing."""
-    path = checkpoint_path(config)
+    return _ensure(checkpoint_path(config), lambda: pretrain(config, progress=progress))
+
+
+def _ensure(path: Path, train: Callable[[], tuple[ClipBundle, PretrainRecord]]) -> Path:
+    """Train and save once; other processes asking for the same checkpoint wait on a file lock."""
     if path.exists() and path.with_suffix(".json").exists():
         return path
-    bundle, record = pretrain(config, progress=progress)
-    atomic_write_json(
-        path.with_suffix(".json"), asdict(record) | {"images_per_second": record.images_per_second}
-    )
-    # The checkpoint is written last: its presence means the run finished.
-    atomic_torch_save({"state_dict": bundle.model.state_dict()}, path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not path.exists():
+            bundle, record = train()
+            atomic_write_json(
+                path.with_suffix(".json"),
+                asdict(record) | {"images_per_second": record.images_per_second},
+            )
+            # The checkpoint is written last: its presence means the run finished.
+            atomic_torch_save({"state_dict": bundle.model.state_dict()}, path)
     return path
 
 
@@ -254,3 +265,101 @@ def retrieval_recall(
         for k in ks:
             out[f"{direction}_R@{k}"] = float((ranks < k).float().mean() * 100)
     return out
+
+
+# --- the label-supervised baseline tower -----------------------------------------------------------
+
+
+def attribute_names() -> list[str]:
+    """The world's labels a supervised tower learns: object names (shapes, digits) and colours."""
+    return [*world.SHAPES, *world.DIGIT_NAMES, *world.COLOURS]
+
+
+def scene_targets(scenes: list[world.Scene]) -> torch.Tensor:
+    """Multi-hot targets ``[N, A]``: which names and colours appear in each scene."""
+    index = {name: i for i, name in enumerate(attribute_names())}
+    targets = torch.zeros(len(scenes), len(index))
+    for row, scene in enumerate(scenes):
+        for obj in scene.objects:
+            targets[row, index[obj.name]] = 1.0
+            targets[row, index[obj.colour]] = 1.0
+    return targets
+
+
+def supervised_checkpoint_path(config: PretrainConfig) -> Path:
+    return cache_dir() / "checkpoints" / f"{config.model}-supervised-{config.key()}.pt"
+
+
+def pretrain_supervised(
+    config: PretrainConfig, progress: bool = True
+) -> tuple[ClipBundle, PretrainRecord]:
+    """The same image tower trained on the world's labels instead of captions (no language).
+
+    Same images, steps and schedule as the CLIP run; a linear head predicts which object names and
+    colours a scene contains (multi-label BCE). Only the image tower is meaningful afterwards.
+    """
+    seed_everything(config.seed)
+    bundle = create_model(config.model, pretrained=None)
+    visual = bundle.model.visual.train()
+    n_attr = len(attribute_names())
+    head = nn.Linear(bundle.model.text_projection.shape[1], n_attr)
+    params = [*visual.parameters(), *head.parameters()]
+    opt = torch.optim.AdamW(
+        param_groups(nn.ModuleList([visual, head]), config.weight_decay),
+        lr=config.lr,
+        betas=(0.9, 0.98),
+        eps=1e-6,
+    )
+    record = PretrainRecord(
+        asdict(config) | {"objective": "supervised"}, parameters=sum(p.numel() for p in params)
+    )
+    start = time.perf_counter()
+    bar = tqdm(
+        range(config.steps), desc=f"supervised {config.model}", disable=not progress, mininterval=2
+    )
+    for step in bar:
+        batch = world.generate_captioned(
+            config.batch_size,
+            seed=_batch_seed(config, step),
+            styles=config.styles,
+            image_size=config.image_size,
+        )
+        for group in opt.param_groups:
+            group["lr"] = cosine_lr(step, config.lr, config.warmup_steps, config.steps)
+        logits = head(F.normalize(visual(to_tensor(batch.images, bundle)), dim=-1) * 10.0)
+        loss = F.binary_cross_entropy_with_logits(logits, scene_targets(batch.scenes))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        record.losses.append(float(loss.item()))
+        record.images_seen += config.batch_size
+        if step % 100 == 99:
+            bar.set_postfix(loss=f"{record.losses[-1]:.3f}")
+    record.seconds = time.perf_counter() - start
+    bundle.model.eval()
+    return bundle, record
+
+
+def ensure_supervised(config: PretrainConfig, progress: bool = True) -> Path:
+    """The cached supervised-baseline checkpoint (a full open_clip state dict; text tower untrained)."""
+    return _ensure(
+        supervised_checkpoint_path(config), lambda: pretrain_supervised(config, progress=progress)
+    )
+
+
+def load_supervised(profile: str, progress: bool = True) -> ClipBundle:
+    """The label-supervised image tower for an offline profile, behind the same model interface."""
+    if profile not in PRETRAIN_CONFIGS:
+        raise ValueError(
+            f"No embedded model for profile {profile!r}; known: {', '.join(PRETRAIN_CONFIGS)}."
+        )
+    config = PRETRAIN_CONFIGS[profile]
+    return create_model(config.model, pretrained=ensure_supervised(config, progress=progress))
+
+
+def random_tower(profile: str) -> ClipBundle:
+    """A randomly initialised copy of the profile's CLIP (the control for 'what pretraining adds')."""
+    config = PRETRAIN_CONFIGS[profile]
+    with torch.random.fork_rng():
+        torch.manual_seed(config.seed)
+        return create_model(config.model, pretrained=None)

@@ -31,20 +31,82 @@ class Study:
 
 
 STUDIES: list[Study] = [
+    # --- issue: the embedded CLIP -------------------------------------------------------------
     Study(
         name="embedded_clip",
         notebook="00_embedded_clip.py",
         title="The embedded CLIP",
-        profiles={
-            "smoke": {"n_retrieval": 64, "n_per_class": 8},
-            "full": {"n_retrieval": 0},
-        },
+        profiles={"smoke": {"n_retrieval": 64, "n_per_class": 8}},
         headline={
             "zs_shape_photo": "zero-shot, world shapes (photo), %",
             "zs_shape_heldout": "zero-shot, world shapes (held-out style), %",
             "zs_digits": "zero-shot, handwritten digits, %",
             "pretrain_minutes": "pretraining wall time, min",
         },
+    ),
+    # --- issue: zero-shot baselines and linear probes -----------------------------------------
+    Study(
+        name="zero_shot",
+        notebook="01_zero_shot.py",
+        title="Zero-shot and linear probes",
+        profiles={},
+        headline={},
+    ),
+    # --- issue: zero-shot-initialised few-shot head -------------------------------------------
+    Study(
+        name="few_shot_init",
+        notebook="02_few_shot_init.py",
+        title="Few-shot initialisation",
+        profiles={},
+        headline={},
+    ),
+    # --- issue: finetuning each part, and Grad-CAM --------------------------------------------
+    Study(
+        name="finetune_parts",
+        notebook="03_finetune_parts.py",
+        title="Finetuning each part of CLIP",
+        profiles={},
+        headline={},
+    ),
+    # --- issue: Tip-Adapter ---------------------------------------------------------------------
+    Study(
+        name="tip_adapter",
+        notebook="04_tip_adapter.py",
+        title="Tip-Adapter",
+        profiles={},
+        headline={},
+    ),
+    # --- issue: CLIPood -------------------------------------------------------------------------
+    Study(
+        name="clipood",
+        notebook="05_clipood.py",
+        title="CLIPood under domain shift",
+        profiles={},
+        headline={},
+    ),
+    # --- issue: Hateful-Memes-style hidden links ------------------------------------------------
+    Study(
+        name="hidden_links",
+        notebook="06_hidden_links.py",
+        title="Hidden links: Hateful-Memes-style finetuning",
+        profiles={},
+        headline={},
+    ),
+    # --- issue: decoding frozen features --------------------------------------------------------
+    Study(
+        name="feature_decoding",
+        notebook="07_feature_decoding.py",
+        title="What frozen features contain",
+        profiles={},
+        headline={},
+    ),
+    # --- issue: clustering and label noise ------------------------------------------------------
+    Study(
+        name="clustering",
+        notebook="08_clustering.py",
+        title="Clustering and label noise",
+        profiles={},
+        headline={},
     ),
 ]
 
