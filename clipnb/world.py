@@ -142,8 +142,15 @@ _SINGLE_CENTRES = {
     "top": (0.5, 0.29),
     "bottom": (0.5, 0.71),
 }
-_PAIR_CENTRES = {"left": (0.25, 0.5), "right": (0.75, 0.5), "top": (0.5, 0.25), "bottom": (0.5, 0.75)}
+_PAIR_CENTRES = {
+    "left": (0.25, 0.5),
+    "right": (0.75, 0.5),
+    "top": (0.5, 0.25),
+    "bottom": (0.5, 0.75),
+}
 _PAIRS = (("left", "right"), ("top", "bottom"))
+_P_TWO = 0.35  # default probability of a two-object scene
+_P_DIGIT = 0.25  # default probability that an object is a digit
 
 # Seed streams so captioned and labelled generators never share random numbers.
 _STREAM_CAPTIONED = 0xC1
@@ -292,13 +299,16 @@ def _font(size: int, bold: bool = True) -> ImageFont.FreeTypeFont:
 
 @functools.cache
 def _ink_bbox(text: str, size: int, bold: bool = True) -> tuple[int, int, int, int]:
-    """Pixel bbox (l, t, r, b) of the text's ink when drawn at (0, 0)."""
+    """Pixel bbox (x_lo, y_lo, x_hi, y_hi) of the text's ink when drawn at (0, 0)."""
     font = _font(size, bold)
-    l, t, r, b = font.getbbox(text)
-    canvas = Image.new("L", (r + 4, b + 4), 0)
-    ImageDraw.Draw(canvas).text((0, 0), text, font=font, fill=255)
+    _, _, right, bottom = font.getbbox(text)
+    pad = 4 + size // 2  # room for glyph parts left of / above the origin
+    canvas = Image.new("L", (right + 2 * pad, bottom + 2 * pad), 0)
+    ImageDraw.Draw(canvas).text((pad, pad), text, font=font, fill=255)
     box = canvas.getbbox()
-    return box if box is not None else (0, 0, 1, 1)
+    if box is None:
+        return (0, 0, 1, 1)
+    return (box[0] - pad, box[1] - pad, box[2] - pad, box[3] - pad)
 
 
 @functools.cache
@@ -307,8 +317,8 @@ def _fit_font_size(text: str, width: int, height: int, bold: bool = True) -> int
     lo, hi = 4, max(4, 2 * height + 4)
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        l, t, r, b = _ink_bbox(text, mid, bold)
-        if r - l <= width and b - t <= height:
+        x_lo, y_lo, x_hi, y_hi = _ink_bbox(text, mid, bold)
+        if x_hi - x_lo <= width and y_hi - y_lo <= height:
             lo = mid
         else:
             hi = mid - 1
@@ -334,8 +344,8 @@ def _text_alpha(
         )
     h, w = int(shape[0]), int(shape[1])
     size = _fit_font_size(text, x1 - x0 - 2 * reserve, y1 - y0 - 2 * reserve, bold)
-    l, t, r, b = _ink_bbox(text, size, bold)
-    origin = (round((x0 + x1) / 2 - (l + r) / 2), round((y0 + y1) / 2 - (t + b) / 2))
+    x_lo, y_lo, x_hi, y_hi = _ink_bbox(text, size, bold)
+    origin = (round((x0 + x1 - x_lo - x_hi) / 2), round((y0 + y1 - y_lo - y_hi) / 2))
     canvas = Image.new("L", (w, h), 0)
     ImageDraw.Draw(canvas).text(
         origin, text, font=_font(size, bold), fill=255, stroke_width=stroke, stroke_fill=255
@@ -429,9 +439,8 @@ def _unit_polygon(name: str) -> np.ndarray:
     """Vertices (y down) of a shape in [-1, 1]^2."""
     if name == "circle":
         pts = _regular(40, 0.0)
-    elif name == "square":
-        pts = np.array([[-1, -1], [1, -1], [1, 1], [-1, 1]], dtype=float) * 0.86
-        return pts
+    elif name == "square":  # a bit smaller than its box so it looks as big as the others
+        return np.array([[-1, -1], [1, -1], [1, 1], [-1, 1]], dtype=float) * 0.86
     elif name == "triangle":
         pts = _regular(3, -90.0)
     elif name == "star":
@@ -460,11 +469,20 @@ def _unit_polygon(name: str) -> np.ndarray:
 
 
 @functools.cache
+def _glyph(text: str, size: int) -> Image.Image:
+    """The text's anti-aliased ink (mode L) cropped to its ink bbox (cached)."""
+    x_lo, y_lo, x_hi, y_hi = _ink_bbox(text, size)
+    canvas = Image.new("L", (x_hi - x_lo, y_hi - y_lo), 0)
+    ImageDraw.Draw(canvas).text((-x_lo, -y_lo), text, font=_font(size), fill=255)
+    return canvas
+
+
+@functools.cache
 def _digit_font_size(ink_height: int) -> int:
     """Font size at which digit glyphs are ``ink_height`` px tall."""
     ref = 200
-    l, t, r, b = _ink_bbox("8", ref)
-    return max(4, int(round(ink_height * ref / (b - t))))
+    _, y_lo, _, y_hi = _ink_bbox("8", ref)
+    return max(4, round(ink_height * ref / (y_hi - y_lo)))
 
 
 # --------------------------------------------------------------------------- random draws
@@ -528,12 +546,14 @@ def _bg_base(index: int, s: int) -> np.ndarray:
         t = (y if rec.kind == "vgrad" else x) / s
         img = a + (b - a) * t[..., None]
     elif rec.kind == "noise":
-        # Low-frequency value noise plus a little grain, from fixed seeds.
-        g = np.random.default_rng([index, 77]).uniform(-1, 1, size=(s // 4 + 1, s // 4 + 1))
-        small = Image.fromarray(((g + 1) * 127.5).astype(np.uint8))
-        smooth = np.asarray(small.resize((s, s), Image.Resampling.BICUBIC), dtype=np.float32)
-        fine = np.random.default_rng([index, 78]).uniform(-0.4, 0.4, size=(s, s))
-        t = (smooth / 127.5 - 1) + fine
+        # Smooth blotches (random low-frequency waves with integer frequencies, so the
+        # texture is periodic and rolls without seams) plus a little grain; fixed seed.
+        rng = np.random.default_rng([index, 77])
+        t = np.zeros((s, s))
+        for _ in range(6):
+            fx, fy = rng.integers(-3, 4, size=2)
+            t += np.sin(2 * np.pi * (fx * x + fy * y) / s + rng.uniform(0, 2 * np.pi))
+        t = t / max(float(np.abs(t).max()), 1e-6) + rng.uniform(-0.4, 0.4, size=(s, s))
         img = a + b * t[..., None].astype(np.float32)
     elif rec.kind == "stripes":
         t = np.sin((x + y) * (2 * np.pi / (s / 6)))
@@ -572,19 +592,18 @@ def _contrast(c1: np.ndarray | Sequence[float], c2: np.ndarray | Sequence[float]
 
 @functools.cache
 def _ok_backgrounds(colours: tuple[str, ...]) -> tuple[int, ...]:
-    """Backgrounds contrasting with every colour (else the single most contrasting one)."""
-    ok = tuple(
-        i
-        for i in range(len(_BG_RECIPES))
-        if all(_contrast(COLOURS[c], _bg_mean(i)) >= _MIN_CONTRAST for c in colours)
-    )
-    if ok:
-        return ok
-    best = max(
-        range(len(_BG_RECIPES)),
-        key=lambda i: min(_contrast(COLOURS[c], _bg_mean(i)) for c in colours),
-    )
-    return (best,)
+    """Backgrounds whose contrast with every colour is >= _MIN_CONTRAST. Some two-colour
+    combinations (e.g. green + pink) have none: then the threshold is lowered in steps of
+    10 until at least two backgrounds qualify (the single best one as a last resort)."""
+
+    def worst(i: int) -> float:
+        return min(_contrast(COLOURS[c], _bg_mean(i)) for c in colours)
+
+    for threshold in range(int(_MIN_CONTRAST), 0, -10):
+        ok = tuple(i for i in range(len(_BG_RECIPES)) if worst(i) >= threshold)
+        if len(ok) >= (1 if threshold == int(_MIN_CONTRAST) else 2):
+            return ok
+    return (max(range(len(_BG_RECIPES)), key=worst),)
 
 
 # --------------------------------------------------------------------------- rendering
@@ -596,7 +615,7 @@ _BLUR_STEPS = 9  # blur sigma = (0.7 + 0.05 k) * size / 32, k < _BLUR_STEPS
 
 @functools.cache
 def _gauss_table() -> np.ndarray:
-    """Fixed bank of standard-normal values; noise = bank[random uint16 indices]."""
+    """Fixed bank of 2^16 standard-normal values (see _gauss_noise)."""
     bank = np.random.default_rng(20240601).standard_normal(1 << _NOISE_TABLE_BITS)
     bank = ((bank - bank.mean()) / bank.std()).astype(np.float32)
     bank.setflags(write=False)
@@ -605,19 +624,21 @@ def _gauss_table() -> np.ndarray:
 
 @functools.cache
 def _noise_offsets(size: int) -> np.ndarray:
-    """Fixed random bank offsets, one per pixel-channel position."""
+    """Fixed random bank offsets (2 * size of them, fixed seed)."""
     rng = np.random.default_rng(20240602)
-    offsets = rng.integers(0, 1 << _NOISE_TABLE_BITS, size=size, dtype=np.int64)
+    offsets = rng.integers(0, 1 << _NOISE_TABLE_BITS, size=2 * size, dtype=np.int64)
     offsets.setflags(write=False)
     return offsets
 
 
-def _gauss_noise(keys: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """Standard-normal noise [len(keys), *shape]: element p of image i is
-    bank[(offset[p] + key[i]) mod 2^16]; distinct keys give independent-looking noise.
-    Elementwise, so an image's noise never depends on its batch."""
-    mask = (1 << _NOISE_TABLE_BITS) - 1
-    index = (_noise_offsets(math.prod(shape)) + keys[:, None].astype(np.int64)) & mask
+def _gauss_noise(keys: np.ndarray, starts: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Standard-normal noise [len(keys), *shape]. Element p of image i is
+    bank[(offset[start_i + p] + key_i) mod 2^16] with key_i < 2^16 and start_i < prod(shape)
+    drawn per image: ~2e8 distinct noise fields at 32 px, for a few cheap vectorised
+    gathers instead of a normal draw per pixel. Elementwise, so batch-independent."""
+    size = math.prod(shape)
+    offsets = _noise_offsets(size)[starts[:, None] + np.arange(size)]
+    index = (offsets + keys[:, None]) & ((1 << _NOISE_TABLE_BITS) - 1)
     return _gauss_table()[index].reshape(len(keys), *shape)
 
 
@@ -695,10 +716,11 @@ def _draw_silhouette(
         draw.polygon((_unit_polygon(obj.name) * k + (ox, oy)).ravel().tolist(), fill=255)
     else:
         digit = str(DIGIT_NAMES.index(obj.name))
-        size = _digit_font_size(int(round(4 * half)))
-        l, t, r, b = _ink_bbox(digit, size)
-        origin = (round(2 * cx - (l + r) / 2), round(2 * cy - (t + b) / 2) + top)
-        draw.text(origin, digit, font=_font(size), fill=255)
+        size = _digit_font_size(round(4 * half))
+        x_lo, y_lo, x_hi, y_hi = _ink_bbox(digit, size)
+        x0 = round(2 * cx - (x_lo + x_hi) / 2) + x_lo
+        y0 = round(2 * cy - (y_lo + y_hi) / 2) + y_lo + top
+        draw.bitmap((x0, y0), _glyph(digit, size), fill=255)
 
 
 class _Chunk:
@@ -713,26 +735,23 @@ class _Chunk:
         self.canvas = Image.new("L", (2 * s, 4 * s * n), 0)
         self.draw = ImageDraw.Draw(self.canvas)
         self.sil = np.empty((0,), dtype=np.uint8)
-        self.is_digit = np.zeros((n, 2), dtype=bool)
-        self.n_objects = np.zeros(n, dtype=np.int64)
-        # per object slot: cx, cy, 1/half, light x, light y
-        self.geom = np.zeros((n, 2, 5), dtype=np.float32)
-        self.colour = np.zeros((n, 2, 3), dtype=np.float32)
         self.bg = np.zeros((n, 3, s, s), dtype=np.float32)  # channel-first for speed
-        self.tone = np.zeros(n, dtype=np.float32)  # brightness offset, or paper level
-        self.style = np.zeros(n, dtype=np.int64)
-        self.blur_step = np.zeros(n, dtype=np.int64)
-        self.noise_sigma = np.zeros(n, dtype=np.float32)
-        self.noise_key = np.zeros(n, dtype=np.uint32)
+        # Per-image parameters, collected as Python values (cheap) and turned into arrays
+        # by finish(): per object slot (cx, cy, 1/half, light x, light y), RGB, is-digit.
+        empty_slot = (0.0, 0.0, 1.0, 0.0, 0.0)
+        self._geom = [[empty_slot, empty_slot] for _ in range(n)]
+        self._colour = [[(0.0, 0.0, 0.0), (0.0, 0.0, 0.0)] for _ in range(n)]
+        self._is_digit = [[False, False] for _ in range(n)]
+        # n_objects, style id, tone (brightness offset or paper level), blur step,
+        # noise sigma, noise key, noise start
+        self._scalars = [(1, 0, 0.0, 0, 0.0, 0, 0)] * n
 
     def prepare(self, i: int, scene: Scene, rng: np.random.Generator) -> None:
         """Make every random choice for image ``i`` and draw its silhouettes."""
         s = self.s
         d = _Draws(rng)
         style = scene.style
-        self.style[i] = _STYLE_ID[style]
         n_obj = len(scene.objects)
-        self.n_objects[i] = n_obj
         # Geometry and colours first, so a scene has the same layout in every style.
         for k, obj in enumerate(scene.objects):
             cx, cy, half = _place(obj, n_obj, d, s)
@@ -744,10 +763,10 @@ class _Chunk:
                 rgb = [min(255.0, max(0.0, (c - m) * 1.15 + m)) for c in rgb]
             elif style == "sketch":  # ink: dark enough to read on white paper
                 luma = 0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2]
-                rgb = [c * min(1.0, 125.0 / max(luma, 1.0)) for c in rgb]
-            self.colour[i, k] = rgb
-            self.geom[i, k] = (cx, cy, 1.0 / half, math.cos(theta), math.sin(theta))
-            self.is_digit[i, k] = obj.kind == "digit"
+                rgb = [c * min(1.0, 140.0 / max(luma, 1.0)) for c in rgb]
+            self._colour[i][k] = tuple(rgb)
+            self._geom[i][k] = (cx, cy, 1.0 / half, math.cos(theta), math.sin(theta))
+            self._is_digit[i][k] = obj.kind == "digit"
             _draw_silhouette(self.draw, (2 * i + k) * 2 * s, obj, cx, cy, half)
         # Background: roll (textures) or flip (gradients), then brightness or paper level.
         rec = _BG_RECIPES[scene.background]
@@ -763,15 +782,35 @@ class _Chunk:
         else:
             view = _bg_planar(scene.background, s)
         self.bg[i] = view
-        self.tone[i] = tone
         # Noise parameters (used by the noisy style only).
-        self.blur_step[i] = min(int(d.u() * _BLUR_STEPS), _BLUR_STEPS - 1)
-        self.noise_sigma[i] = d.uniform(18.0, 30.0)
-        self.noise_key[i] = int(d.u() * (1 << _NOISE_TABLE_BITS))
+        blur_step = min(int(d.u() * _BLUR_STEPS), _BLUR_STEPS - 1)
+        noise_sigma = d.uniform(18.0, 30.0)
+        noise_key = int(d.u() * (1 << _NOISE_TABLE_BITS))
+        noise_start = int(d.u() * 3 * s * s)
+        self._scalars[i] = (
+            n_obj,
+            _STYLE_ID[style],
+            tone,
+            blur_step,
+            noise_sigma,
+            noise_key,
+            noise_start,
+        )
 
     def finish(self) -> tuple[np.ndarray, np.ndarray]:
         """Composite all prepared images: (images [n,H,W,3] uint8, masks [n,H,W] uint8)."""
         s = self.s
+        self.geom = np.array(self._geom, dtype=np.float64).reshape(self.n, 2, 5)
+        self.colour = np.array(self._colour, dtype=np.float32).reshape(self.n, 2, 3)
+        self.is_digit = np.array(self._is_digit, dtype=bool).reshape(self.n, 2)
+        scalars = list(zip(*self._scalars, strict=True))
+        self.n_objects = np.array(scalars[0], dtype=np.int64)
+        self.style = np.array(scalars[1], dtype=np.int64)
+        self.tone = np.array(scalars[2], dtype=np.float32)
+        self.blur_step = np.array(scalars[3], dtype=np.int64)
+        self.noise_sigma = np.array(scalars[4], dtype=np.float32)
+        self.noise_key = np.array(scalars[5], dtype=np.int64)
+        self.noise_start = np.array(scalars[6], dtype=np.int64)
         self.sil = np.asarray(self.canvas).reshape(self.n, 2, 2 * s, 2 * s)
         cover = _reduce2(self.sil)  # [n, 2, s, s], 0..1020
         masks = np.where(cover[:, 1] >= 510, 2, np.where(cover[:, 0] >= 510, 1, 0))
@@ -800,7 +839,7 @@ class _Chunk:
             img[two] = self._paint(style, img[two], idx[two], alpha[two, 1], 1)
         if style == "noisy":
             img = self._blur(img, idx)
-            noise = _gauss_noise(self.noise_key[idx], img.shape[1:])  # [g, 3, s, s]
+            noise = _gauss_noise(self.noise_key[idx], self.noise_start[idx], img.shape[1:])
             img += noise * self.noise_sigma[idx][:, None, None, None]
         return img
 
@@ -817,7 +856,7 @@ class _Chunk:
             img[:, :, sh:, sh:] *= (1 - np.float32(0.35) * alpha[:, :-sh, :-sh])[:, None]
             # shade = 1 + 0.22 u - 0.12 d2 with u = ((x, y) - c).l / half and
             # d2 = |(x, y) - c|^2 / half^2, expanded into per-image coefficients of x, y, r2.
-            g = self.geom[idx, k].astype(np.float64)
+            g = self.geom[idx, k]
             cx, cy, ih, lx, ly = g.T
             cu, cd = 0.22 * ih, 0.12 * ih * ih
             c0 = 1 - cu * (cx * lx + cy * ly) - cd * (cx * cx + cy * cy)
@@ -918,8 +957,8 @@ def _sample_scene(d: _Draws, styles: tuple[str, ...], p_two: float, p_digit: flo
 def sample_scene(
     rng: np.random.Generator,
     styles: Sequence[str] = PRETRAIN_STYLES,
-    p_two: float = 0.35,
-    p_digit: float = 0.25,
+    p_two: float = _P_TWO,
+    p_digit: float = _P_DIGIT,
 ) -> Scene:
     """Sample a random scene: 1 object (any position) or, with prob ``p_two``, 2 objects
     (left+right or top+bottom); each object is a digit with prob ``p_digit``. The
@@ -935,7 +974,12 @@ def sample_scene(
 _STYLE_PREFIXES = {
     "photo": ("a photo of", "a photograph of", "a close-up photo of", "a real photo of"),
     "cartoon": ("a cartoon of", "a cartoon drawing of", "an illustration of", "a clipart of"),
-    "noisy": ("a blurry photo of", "a noisy photo of", "a grainy photo of", "a low quality photo of"),
+    "noisy": (
+        "a blurry photo of",
+        "a noisy photo of",
+        "a grainy photo of",
+        "a low quality photo of",
+    ),
     "sketch": ("a sketch of", "a pencil sketch of", "a line drawing of", "a doodle of"),
 }
 _STYLE_SUFFIXES = {
@@ -1071,7 +1115,7 @@ def generate_captioned(
         chunk = _Chunk(stop - start, s)
         for j, i in enumerate(range(start, stop)):
             rng = np.random.default_rng([seed, _STREAM_CAPTIONED, i])
-            scene = _sample_scene(_Draws(rng), styles, 0.35, 0.25)
+            scene = _sample_scene(_Draws(rng), styles, _P_TWO, _P_DIGIT)
             chunk.prepare(j, scene, rng)
             captions.append(_caption(scene, _Draws(rng)))
             scenes.append(scene)

@@ -240,7 +240,7 @@ plt.close(fig)
 # ```
 #
 # In distribution, the embedded CLIP names shapes in photos at {glue:text}`zs_shape_photo:.1f` %
-# (chance {glue:text}`chance_shape:.1f} %), colours at {glue:text}`zs_colour_photo:.1f` % and printed
+# (chance {glue:text}`chance_shape:.1f` %), colours at {glue:text}`zs_colour_photo:.1f` % and printed
 # digits at {glue:text}`zs_digit_photo:.1f` %. On the held-out sketch style, shapes drop to
 # {glue:text}`zs_shape_heldout:.1f` %, and on real handwritten digits zero-shot reaches only
 # {glue:text}`zs_digits:.1f` % (chance 10 %). That is the pattern the source report measured for

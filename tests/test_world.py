@@ -142,7 +142,7 @@ def test_sketch_only_batch() -> None:
 @pytest.mark.parametrize("style", ["photo", "cartoon"])
 def test_mask_pixels_differ_from_plain_background(style: str) -> None:
     rng = np.random.default_rng(0)
-    for shape in w.SHAPES + ("seven", "one"):
+    for shape in (*w.SHAPES, "seven", "one"):
         kind = "digit" if shape in w.DIGIT_NAMES else "shape"
         for colour in w.COLOURS:
             obj = w.WorldObject(kind, shape, colour, "small", "centre")
