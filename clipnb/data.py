@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .utils import array_hash, file_hash, stable_hash
+from .utils import array_hash, stable_hash
 
 #: Fixed seed that carves validation sets out of datasets that ship without one.
 SPLIT_SEED = 0
@@ -360,7 +360,7 @@ def load_world_task(
                 batch.images,
                 batch.labels,
                 list(batch.class_names),
-                ["world", task, style, split, n, image_size, seed, file_hash(world.__file__)],
+                ["world", task, style, split, n, image_size, seed, world.fingerprint(image_size)],
                 masks=batch.masks,
                 meta={"task": task, "style": style},
             )

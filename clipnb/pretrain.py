@@ -29,7 +29,6 @@ from .utils import (
     atomic_torch_save,
     atomic_write_json,
     cache_dir,
-    file_hash,
     seed_everything,
     stable_hash,
 )
@@ -40,11 +39,11 @@ class PretrainConfig:
     """Everything that defines a pretraining run (and so its cache key)."""
 
     model: str = "clipnb-ViT-32px"
-    steps: int = 1500
+    steps: int = 1000
     batch_size: int = 128
     lr: float = 1e-3
     weight_decay: float = 0.1
-    warmup_steps: int = 100
+    warmup_steps: int = 80
     world_seed: int = 0
     image_size: int = 32
     styles: tuple[str, ...] = world.PRETRAIN_STYLES
@@ -56,7 +55,7 @@ class PretrainConfig:
             [
                 asdict(self),
                 (MODEL_CONFIG_DIR / f"{self.model}.json").read_text(),
-                file_hash(world.__file__),
+                world.fingerprint(self.image_size),
                 "clip-v1",
             ]
         )

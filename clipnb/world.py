@@ -1179,3 +1179,26 @@ def generate_labelled(
     return LabelledBatch(
         images=images, labels=labels, masks=masks, class_names=names, task=task, style=style
     )
+
+
+@functools.lru_cache(maxsize=4)
+def fingerprint(image_size: int = IMAGE_SIZE) -> str:
+    """A hash of what the generator draws (a fixed sample of images, masks and captions).
+
+    Caches of generated data and of models pretrained on it are keyed on this, so they are
+    invalidated exactly when the world's output changes, not when its source is merely edited.
+    """
+    import hashlib
+
+    digest = hashlib.sha256()
+    for styles in (PRETRAIN_STYLES, (HELD_OUT_STYLE,)):
+        batch = generate_captioned(48, seed=2_024, styles=styles, image_size=image_size)
+        digest.update(batch.images.tobytes())
+        digest.update(batch.masks.tobytes())
+        digest.update("\n".join(batch.captions).encode())
+    for task in LABEL_TASKS:
+        labelled = generate_labelled(
+            task, STYLES[0], 2 * len(class_names(task)), seed=7, image_size=image_size
+        )
+        digest.update(labelled.images.tobytes())
+    return digest.hexdigest()[:16]
