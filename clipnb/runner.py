@@ -368,7 +368,8 @@ def write_pages(out_dir: Path) -> None:
             value = res["metrics"].get(key) if res else None
             shown = "not run" if value is None else f"{value:.1f}"
             profile = res["profile"] if res else "—"
-            lines.append(f"| [{study.title}]({study.name}.ipynb) | {label} | {shown} | {profile} |")
+            title = f"[{study.title}]({study.name}.ipynb)" if res else study.title
+            lines.append(f"| {title} | {label} | {shown} | {profile} |")
     _write_if_changed(out_dir / "summary.md", "\n".join(lines) + "\n")
 
     rows = [
