@@ -41,7 +41,7 @@ class PretrainConfig:
     model: str = "clipnb-ViT-32px"
     steps: int = 1000
     batch_size: int = 128
-    lr: float = 1e-3
+    lr: float = 5e-4
     weight_decay: float = 0.1
     warmup_steps: int = 80
     world_seed: int = 0

@@ -134,7 +134,7 @@ _COLOUR_NAMES: tuple[str, ...] = tuple(COLOURS)
 _MIN_CONTRAST = 110.0
 
 # Object extent as a fraction of the image side, per (number of objects, size).
-_EXTENT = {(1, "small"): 0.38, (1, "large"): 0.58, (2, "small"): 0.32, (2, "large"): 0.44}
+_EXTENT = {(1, "small"): 0.44, (1, "large"): 0.58, (2, "small"): 0.38, (2, "large"): 0.46}
 _SINGLE_CENTRES = {
     "centre": (0.5, 0.5),
     "left": (0.29, 0.5),
@@ -149,7 +149,7 @@ _PAIR_CENTRES = {
     "bottom": (0.5, 0.75),
 }
 _PAIRS = (("left", "right"), ("top", "bottom"))
-_P_TWO = 0.35  # default probability of a two-object scene
+_P_TWO = 0.25  # default probability of a two-object scene
 _P_DIGIT = 0.25  # default probability that an object is a digit
 
 # Seed streams so captioned and labelled generators never share random numbers.
