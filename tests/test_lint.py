@@ -12,5 +12,7 @@ def test_ruff_check_and_format(repo):
     targets = ["clipnb", "notebooks", "tests"]
     check = subprocess.run([str(ruff), "check", *targets], cwd=repo, capture_output=True, text=True)
     assert check.returncode == 0, check.stdout[-3000:]
-    fmt = subprocess.run([str(ruff), "format", "--check", *targets], cwd=repo, capture_output=True, text=True)
+    fmt = subprocess.run(
+        [str(ruff), "format", "--check", *targets], cwd=repo, capture_output=True, text=True
+    )
     assert fmt.returncode == 0, fmt.stdout[-3000:]
