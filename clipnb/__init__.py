@@ -57,3 +57,5 @@ __all__ = [
     "select_on_validation",
     "zero_shot_logits",
 ]
+
+from . import memes  # noqa: F401

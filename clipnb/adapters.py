@@ -169,6 +169,20 @@ class TipAdapter:
         features = _check_matrix(features, "features", dim=self.zs_weights_.shape[1])
         return self._logits_with_keys(features, self.keys_)
 
+    def forward_logits(self, features: Tensor) -> Tensor:
+        """Tip-Adapter logits [B, C], differentiable w.r.t. ``features`` (no input checks).
+
+        For gradient-based uses such as Grad-CAM's ``logit_fn``; the cache is moved to the
+        features' device. :meth:`logits` is the checked, no-grad version.
+        """
+        self._check_fitted()
+        device = features.device
+        zs_logits = self.logit_scale_ * features @ self.zs_weights_.to(device).T
+        if self.alpha == 0:
+            return zs_logits
+        affinity = torch.exp(-self.beta * (1.0 - features @ self.keys_.to(device).T))
+        return zs_logits + self.alpha * (affinity @ self.values_.to(device))
+
     def predict(self, features: Tensor) -> Tensor:
         """Predicted class indices [B] (argmax of :meth:`logits`)."""
         return self.logits(features).argmax(dim=1)

@@ -16,6 +16,8 @@ Everything is deterministic given ``seed``. UMAP is imported lazily (its numba J
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from sklearn.cluster import KMeans
@@ -33,10 +35,13 @@ __all__ = [
     "CLUSTER_METRICS",
     "cluster_and_score",
     "cluster_kmeans",
+    "clustering_records",
     "clustering_scores",
     "embed_umap",
     "embed_umap_2d",
     "flip_labels",
+    "label_noise_records",
+    "noisy_probe",
     "noisy_probe_accuracy",
 ]
 
@@ -274,3 +279,123 @@ def noisy_probe_accuracy(
         probe = LogisticRegression(C=C, solver="lbfgs", max_iter=1000)
         pred = probe.fit(xtr, noisy).predict(xte)
     return float(np.mean(pred == test_codes))
+
+
+# --- study level: whole tables over backbones, datasets and seeds ---------------------------------
+
+#: Offset between the seed flipping the training labels and the one flipping the validation labels.
+VAL_FLIP_OFFSET = 7919
+
+
+def _xy(split: Any) -> tuple[np.ndarray, np.ndarray]:
+    """``(x, y)`` numpy arrays from a ``(x, y)`` pair or an object with ``.x``/``.y`` (SplitFeatures)."""
+    x, y = (split.x, split.y) if hasattr(split, "x") else split
+    return np.asarray(x, dtype=np.float64), np.asarray(y)
+
+
+def clustering_records(
+    features: Mapping[tuple[str, str], Any],
+    seeds: Sequence[int],
+    *,
+    n_components: int = 10,
+    use_umap: bool = True,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Run :func:`cluster_and_score` for every (backbone, dataset) and seed.
+
+    ``features`` maps ``(backbone, dataset)`` to the ``(x, y)`` to cluster (or a SplitFeatures).
+    Returns long-format records ``{backbone, dataset, seed, metric, score}``, one per metric of
+    :data:`CLUSTER_METRICS` plus ``"average"``, ready for :func:`clipnb.report.mean_std_table`.
+    The same inputs and seeds give the same records.
+    """
+    from tqdm.auto import tqdm
+
+    jobs = [(key, int(seed)) for key in features for seed in seeds]
+    records: list[dict[str, Any]] = []
+    for (backbone, dataset), seed in tqdm(jobs, desc="clustering", disable=not progress):
+        x, y = _xy(features[(backbone, dataset)])
+        scores = cluster_and_score(x, y, seed=seed, n_components=n_components, use_umap=use_umap)
+        records += [
+            {"backbone": backbone, "dataset": dataset, "seed": seed, "metric": m, "score": v}
+            for m, v in scores.items()
+        ]
+    return records
+
+
+def noisy_probe(
+    train: Any,
+    val: Any,
+    test: Any,
+    noise: float,
+    seed: int,
+    Cs: Sequence[float] = (0.1, 1.0, 10.0, 100.0),
+) -> tuple[float, float]:
+    """Test accuracy (%) of a logistic-regression probe when a fraction ``noise`` of labels is wrong.
+
+    ``train``/``val``/``test`` are ``(x, y)`` pairs (or SplitFeatures) with integer labels. The
+    training labels are flipped with :func:`flip_labels` (seed ``seed``), and so are the validation
+    labels (seed ``seed + VAL_FLIP_OFFSET``): the labels a user has all come from the same noisy
+    labeller. ``C`` is chosen on that noisy validation split with
+    :func:`clipnb.evaluation.fit_linear_probe`; symmetric noise keeps the ranking of candidates in
+    expectation (noisy accuracy is an increasing function of clean accuracy while
+    ``noise < 1 - 1/K``). The test labels stay clean and are read once. Returns ``(accuracy, C)``.
+    """
+    from .evaluation import accuracy, fit_linear_probe
+
+    (xtr, ytr), (xva, yva), (xte, yte) = _xy(train), _xy(val), _xy(test)
+    n_classes = int(max(ytr.max(), yva.max(), yte.max())) + 1
+    noisy_train = flip_labels(ytr, noise, n_classes=n_classes, seed=seed)
+    noisy_val = flip_labels(yva, noise, n_classes=n_classes, seed=seed + VAL_FLIP_OFFSET)
+    present = np.unique(noisy_train)
+    if present.size == 1:  # a single class left: nothing to fit, predict it everywhere
+        return accuracy(np.full(yte.shape, present[0]), yte), float("nan")
+    probe = fit_linear_probe(xtr, noisy_train, xva, noisy_val, Cs=Cs)
+    return accuracy(probe.classifier.predict(xte), yte), probe.C
+
+
+def label_noise_records(
+    features: Mapping[tuple[str, str], Mapping[str, Any]],
+    shots: Sequence[int],
+    noises: Sequence[float],
+    seeds: Sequence[int],
+    *,
+    Cs: Sequence[float] = (0.1, 1.0, 10.0, 100.0),
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Few-shot probes under label noise for every (backbone, dataset), shots, noise and seed.
+
+    ``features`` maps ``(backbone, dataset)`` to ``{"train", "val", "test"}`` splits (``(x, y)`` or
+    SplitFeatures, e.g. :func:`clipnb.features.encode_dataset`). For each seed, ``shots`` examples
+    per class are drawn from train with :func:`clipnb.data.few_shot_indices` (the same draw for
+    every backbone and noise level), then scored by :func:`noisy_probe`. Returns records
+    ``{backbone, dataset, shots, noise, seed, C, accuracy}`` (accuracy in %).
+    """
+    from tqdm.auto import tqdm
+
+    from .data import few_shot_indices
+
+    jobs = [
+        (key, int(k), float(p), int(s))
+        for key in features
+        for k in shots
+        for p in noises
+        for s in seeds
+    ]
+    records: list[dict[str, Any]] = []
+    for (backbone, dataset), k, p, s in tqdm(jobs, desc="label noise", disable=not progress):
+        splits = features[(backbone, dataset)]
+        xtr, ytr = _xy(splits["train"])
+        idx = few_shot_indices(ytr, k, s)
+        acc, C = noisy_probe((xtr[idx], ytr[idx]), splits["val"], splits["test"], p, s, Cs=Cs)
+        records.append(
+            {
+                "backbone": backbone,
+                "dataset": dataset,
+                "shots": k,
+                "noise": p,
+                "seed": s,
+                "C": C,
+                "accuracy": acc,
+            }
+        )
+    return records

@@ -1093,6 +1093,72 @@ def build_hateful_memes(root: Path, *, max_per_split: int | None = None) -> Data
     return _splits("hateful_memes", classes, sets, "Hateful Memes (seen splits)")
 
 
+# --- FGVC-Aircraft ------------------------------------------------------------------------------------
+
+AIRCRAFT_LAYOUT = """\
+torchvision's layout (the official fgvc-aircraft-2013b archive):
+  fgvc-aircraft-2013b/data/images/<id>.jpg
+  fgvc-aircraft-2013b/data/images_variant_train.txt   (lines "<id> <variant name>")
+  fgvc-aircraft-2013b/data/images_variant_val.txt
+  fgvc-aircraft-2013b/data/images_variant_test.txt
+  fgvc-aircraft-2013b/data/variants.txt               (optional: the 100 variant names, in order)
+or CoOp's layout: fgvc_aircraft/images/..., fgvc_aircraft/images_variant_{train,val,test}.txt,
+fgvc_aircraft/variants.txt"""
+
+
+def _aircraft_list(path: Path) -> list[tuple[str, str]]:
+    _require_file(path, "fgvc_aircraft", AIRCRAFT_LAYOUT)
+    rows = []
+    for k, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        parts = line.strip().split(" ", 1)
+        if len(parts) != 2 or not parts[1].strip():
+            raise _layout_error(
+                "fgvc_aircraft",
+                f"{path} line {k} is {line!r}, not '<image id> <variant name>'.",
+                AIRCRAFT_LAYOUT,
+            )
+        rows.append((parts[0], parts[1].strip()))
+    return rows
+
+
+def build_fgvc_aircraft(root: Path, *, max_per_split: int | None = None) -> DatasetSplits:
+    """FGVC-Aircraft, 100 variants: the official train/val/test lists (about 3,333 images each)."""
+    tv, coop = root / "fgvc-aircraft-2013b" / "data", root / "fgvc_aircraft"
+    folder = require_folder(
+        tv if tv.exists() or not coop.exists() else coop, "fgvc_aircraft", AIRCRAFT_LAYOUT
+    )
+    lists = {s: folder / f"images_variant_{s}.txt" for s in SPLITS}
+    per_split = {s: _aircraft_list(path) for s, path in lists.items()}
+    index_files = list(lists.values())
+    variants_file = folder / "variants.txt"
+    if variants_file.is_file():
+        lines = variants_file.read_text(encoding="utf-8").splitlines()
+        variants = [ln.strip() for ln in lines if ln.strip()]
+        index_files.append(variants_file)
+    else:
+        variants = sorted({name for rows in per_split.values() for _, name in rows})
+    position = {v: k for k, v in enumerate(variants)}
+    images = require_folder(folder / "images", "fgvc_aircraft", AIRCRAFT_LAYOUT)
+    identity = _file_identity(index_files, root)
+    sets = []
+    for s in SPLITS:
+        unknown = sorted({name for _, name in per_split[s]} - set(position))
+        if unknown:
+            raise _layout_error(
+                "fgvc_aircraft",
+                f"{lists[s]} names variants missing from {variants_file}: {unknown[:5]}.",
+                AIRCRAFT_LAYOUT,
+            )
+        rows = _Rows(
+            [images / f"{image_id}.jpg" for image_id, _ in per_split[s]],
+            np.array([position[name] for _, name in per_split[s]], dtype=np.int64),
+        )
+        sets.append(_file_set("fgvc_aircraft", s, root, rows, variants, identity, max_per_split))
+    return _splits("fgvc_aircraft", variants, sets, "FGVC-Aircraft (100 variants)")
+
+
 # --- registration ------------------------------------------------------------------------------------------
 
 
@@ -1194,5 +1260,12 @@ _register(
     build_hateful_memes,
     "Hateful Memes (images with captions; 2 classes)",
     HATEFUL_LAYOUT,
+    None,
+)
+_register(
+    "fgvc_aircraft",
+    build_fgvc_aircraft,
+    "FGVC-Aircraft, 100 variants (official train/val/test lists)",
+    AIRCRAFT_LAYOUT,
     None,
 )

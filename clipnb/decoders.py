@@ -543,6 +543,7 @@ def train_decoder(
     device: str | torch.device | None = None,
     progress: bool = True,
     desc: str = "train",
+    on_eval: Callable[[int, float], None] | None = None,
 ) -> dict[str, Any]:
     """Train ``model`` with Adam on ``loss_fn(model(inputs[idx]), targets[idx])``.
 
@@ -551,7 +552,8 @@ def train_decoder(
     curves without disturbing the caller's RNG. ``inputs`` may be precomputed frozen features.
     Returns ``{"train_loss": [per step], "val_loss": [...], "val_step": [...], "seed": seed}``;
     validation (mean loss over ``val``) runs every ``eval_every`` steps and after the last step.
-    The model is left in eval mode.
+    ``on_eval(step, val_loss)``, if given, is called after each validation (e.g. to snapshot
+    the model for choosing the step on validation). The model is left in eval mode.
     """
     if len(inputs) != len(targets) or len(inputs) == 0:
         raise ValueError(
@@ -591,6 +593,8 @@ def train_decoder(
                     _evaluate(model, val[0], val[1], loss_fn, batch_size, dev)
                 )
                 history["val_step"].append(step + 1)
+                if on_eval is not None:
+                    on_eval(step + 1, history["val_loss"][-1])
             if step % 10 == 0 or step + 1 == steps:
                 bar.set_postfix(loss=f"{history['train_loss'][-1]:.4g}")
         bar.close()

@@ -10,7 +10,7 @@ cached image features; with a frozen text side, the class embeddings are encoded
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -111,6 +111,27 @@ class ClipZeroShotModel(nn.Module):
         return torch.cat(out)
 
 
+def image_pre_projection(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """``pixels -> pooled image features before the projection`` for a ViT tower, else None.
+
+    ``image_pre_projection(model)(x) @ model.visual.proj == model.encode_image(x)``. Used to cache
+    the (frozen) input of the image projection when only the projection is trained.
+    """
+    visual = getattr(model, "visual", None)
+    if not isinstance(getattr(visual, "proj", None), nn.Parameter):
+        return None
+
+    def encode(pixels: torch.Tensor) -> torch.Tensor:
+        proj = visual.proj
+        visual.proj = None  # open_clip's ViT skips a missing projection
+        try:
+            return visual(pixels)
+        finally:
+            visual.proj = proj
+
+    return encode
+
+
 def prompt_texts(class_names: Sequence[str], template: str = "a photo of a {}.") -> list[str]:
     return [template.format(c) for c in class_names]
 
@@ -145,18 +166,32 @@ def finetune(
     seed: int = 0,
     weight_decay: float = 0.0,
     loss_fn: LossFn = cross_entropy_loss,
-    averager: WeightAverager | None = None,
+    averager: WeightAverager | Mapping[str, WeightAverager] | None = None,
     eval_sets: dict[str, ImageSet] | None = None,
     eval_every: int = 0,
     progress: bool = False,
+    features: torch.Tensor | None = None,
+    evaluator: Callable[[nn.Module], dict[str, float]] | None = None,
+    fused: bool = False,
 ) -> FinetuneResult:
     """Finetune ``parts`` of a copy of ``bundle.model`` on ``train`` for ``steps`` Adam steps.
 
     ``prompts`` holds one text per class (index = label). The pretrained bundle is not modified.
     With an ``averager`` (e.g. :class:`clipnb.losses.BetaMovingAverage`), it sees the pretrained
     weights at step 0 and every step after, and the returned model carries the averaged weights.
+    A mapping of averagers tracks several at once: each is evaluated as ``"<set>/<key>"`` and the
+    returned model carries the first one's weights.
     ``eval_sets`` are evaluated every ``eval_every`` steps (0: only at the end) for curves; pass
     validation sets here for selection, the test set only for reporting.
+
+    Speed-ups (results equal up to float rounding): ``features`` are ``train``'s precomputed
+    features from the frozen part of the image tower, e.g. from the feature cache, so its images
+    are not encoded again: the normalised image embeddings when no image part trains, the
+    :func:`image_pre_projection` output when only the image projection trains (a ViT's
+    projection then runs on cached pooled features; rows may be normalised, the direction of the
+    projected feature does not change). ``evaluator(model) -> {name: score}`` adds scores to every
+    evaluation point (e.g. a scorer reusing cached validation features). ``fused`` uses PyTorch's
+    fused Adam (one kernel per step; much faster for the text encoder's token embedding on CPU).
     """
     parts = (parts,) if isinstance(parts, str) else tuple(parts)
     model = copy.deepcopy(bundle.model)
@@ -164,29 +199,51 @@ def finetune(
     tokens = bundle.tokenize(list(prompts))
     clf = ClipZeroShotModel(model, tokens, parts)
     logit_scale = float(model.logit_scale.exp().item())
-    pixels = image_tensors(bundle, train)
     labels = torch.as_tensor(train.labels)
+    pre_projection = None if "image_encoder" in parts else image_pre_projection(model)
+    if features is not None and len(features) != len(labels):
+        raise ValueError(f"features has {len(features)} rows but train has {len(labels)} images.")
+    if features is None or not (clf.image_frozen or pre_projection is not None):
+        pixels = image_tensors(bundle, train)
     if clf.image_frozen:  # encode the training images once
         model.eval()
-        cached = clf.predict_features(pixels)
+        cached = features if features is not None else clf.predict_features(pixels)
+    elif pre_projection is not None:  # only the image projection trains: cache its input
+        model.eval()
+        if features is not None:
+            cached = features
+        else:
+            with torch.no_grad():
+                cached = torch.cat(
+                    [pre_projection(pixels[i : i + 512]) for i in range(0, len(pixels), 512)]
+                )
     eval_data = {
         name: (image_tensors(bundle, s), torch.as_tensor(s.labels))
         for name, s in (eval_sets or {}).items()
     }
     result = FinetuneResult(bundle=bundle, parts=parts)
     generator = torch.Generator().manual_seed(seed)
-    opt = torch.optim.Adam(trainable, lr=lr, weight_decay=weight_decay)
-    if averager is not None:
-        averager.update(trainable_state(model), 0)
+    opt = torch.optim.Adam(trainable, lr=lr, weight_decay=weight_decay, fused=fused or None)
+    if averager is None:
+        averagers: dict[str, WeightAverager] = {}
+    elif isinstance(averager, Mapping):
+        averagers = dict(averager)
+    else:
+        averagers = {"avg": averager}
+    for avg in averagers.values():
+        avg.update(trainable_state(model), 0)
 
     def record(step: int) -> None:
         scores = {name: evaluate_pixels(model, tokens, x, y) for name, (x, y) in eval_data.items()}
-        if averager is not None:
-            averaged = _with_average(model, averager)
+        for key, avg in averagers.items():
+            averaged = _with_average(model, avg)
             scores |= {
-                f"{name}/avg": evaluate_pixels(averaged, tokens, x, y)
+                f"{name}/{key}": evaluate_pixels(averaged, tokens, x, y)
                 for name, (x, y) in eval_data.items()
             }
+        if evaluator is not None:
+            with torch.no_grad():
+                scores |= evaluator(model)
         result.evals.append((step, scores))
 
     # Dropout-free towers: train mode only matters for BatchNorm (ResNet), kept frozen in eval.
@@ -198,20 +255,27 @@ def finetune(
         if len(order) < batch_size:
             order = torch.cat([order, torch.randperm(len(labels), generator=generator)])
         idx, order = order[:batch_size], order[batch_size:]
-        image_feats = cached[idx] if clf.image_frozen else clf.image_features(pixels[idx])
+        if clf.image_frozen:
+            image_feats = cached[idx]
+        elif pre_projection is not None:
+            image_feats = F.normalize(cached[idx] @ model.visual.proj, dim=-1)
+        else:
+            image_feats = clf.image_features(pixels[idx])
         loss = loss_fn(image_feats, clf.text_features(), labels[idx], logit_scale)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         result.train_loss.append(float(loss.item()))
-        if averager is not None:
-            averager.update(trainable_state(model), step)
+        for avg in averagers.values():
+            avg.update(trainable_state(model), step)
         if eval_every and step % eval_every == 0 and step != steps:
             record(step)
-    if averager is not None:
-        model = _with_average(model, averager)
-    if eval_data:
+    if (
+        eval_data or evaluator is not None
+    ):  # before swapping in the average: the raw entry is the raw model
         record(steps)
+    if averagers:
+        model = _with_average(model, next(iter(averagers.values())))
     for p in model.parameters():
         p.requires_grad_(False)
     result.bundle = ClipBundle(

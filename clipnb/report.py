@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import matplotlib
+import matplotlib.figure
 import numpy as np
 import pandas as pd
 
@@ -38,7 +39,24 @@ def glue(name: str, value: Any, display: bool = False) -> None:
 
     if isinstance(value, np.generic | int | float) and not isinstance(value, bool):
         value = float(value)
+    if isinstance(value, matplotlib.figure.Figure):
+        _png_figures()
     _glue(name, value, display=display)
+
+
+def _png_figures() -> None:
+    """Have IPython render figures as PNG under any backend (``MPLBACKEND=Agg`` disables inline).
+
+    Without this a glued figure is stored as text only and ``{glue:figure}`` has no image.
+    """
+    try:
+        from IPython import get_ipython
+        from IPython.core.pylabtools import select_figure_formats
+    except ImportError:
+        return
+    shell = get_ipython()
+    if shell is not None and hasattr(shell, "display_formatter"):
+        select_figure_formats(shell, {"png"})
 
 
 def mean_std_table(

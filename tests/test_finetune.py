@@ -87,7 +87,7 @@ def test_zero_shot_head_reproduces_zero_shot_exactly(tiny):
     assert torch.equal(head(val_x).argmax(-1), zs.argmax(-1))
     assert torch.allclose(head(val_x), zs, atol=1e-4)
     train_x = clipnb.encode_images(bundle, train, cache=False)
-    trained, curve = train_head(
+    _trained, curve = train_head(
         head, train_x, torch.as_tensor(train.labels), val_x, torch.as_tensor(val.labels), epochs=0
     )
     assert curve.val_accuracy == [clipnb.accuracy(zs, val.labels)]

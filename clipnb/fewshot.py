@@ -1,0 +1,512 @@
+"""Few-shot comparisons on cached features: every method at k shots, one protocol.
+
+A *method* is a function that receives a :class:`FewShotProblem` (the k-shot train features, the
+validation split and the zero-shot classifier, never the test split), chooses its own
+hyper-parameters and epochs on the validation split, and returns a :class:`Fitted` predictor.
+:func:`run_few_shot` draws the k-shot sets with :func:`clipnb.data.few_shot_indices` (so they are the
+same images as :func:`clipnb.few_shot` would draw), fits every method at every (shots, seed) and reads
+the test split once per final number.
+
+Example::
+
+    task = load_feature_task(bundle, "digits")
+    methods = {"zero-shot": zero_shot_method(), "Tip-Adapter": tip_adapter_method()}
+    records = run_few_shot(task, methods, shots=[1, 2, 4], seeds=[0, 1, 2])
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from .adapters import TipAdapter, TipAdapterF, search_alpha_beta
+from .data import few_shot_indices, load_dataset
+from .evaluation import PROBE_CS, accuracy, fit_linear_probe, select_on_validation
+from .features import SINGLE_TEMPLATE, SplitFeatures, class_embeddings, encode_dataset
+from .heads import LinearHead, train_head
+from .models import ClipBundle
+from .utils import seed_everything
+
+__all__ = [
+    "ALPHA_FRACTIONS",
+    "TIP_BETAS",
+    "FeatureTask",
+    "FewShotProblem",
+    "Fitted",
+    "cam_grid_figure",
+    "cams_over_shots",
+    "display_images",
+    "few_shot_problem",
+    "head_method",
+    "linear_probe_method",
+    "load_feature_task",
+    "plot_accuracy_vs_shots",
+    "plot_alpha_beta_grid",
+    "run_few_shot",
+    "tip_adapter_f_method",
+    "tip_adapter_method",
+    "zero_shot_method",
+]
+
+#: Tip-Adapter's residual ratio alpha as a fraction of the logit scale: alpha = f * logit_scale.
+#: The zero-shot logits are ``logit_scale * cos``, so the cache term only competes with them when
+#: alpha is on that scale; with real CLIP (logit scale 100) the paper's alpha ~ 1 is f = 0.01.
+#: ``0`` (pure zero-shot) is in the grid, so validation can decline the cache; at the top the cache
+#: outweighs the prompts (a soft nearest-neighbour classifier).
+ALPHA_FRACTIONS: tuple[float, ...] = (0.0, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
+#: Tip-Adapter's affinity sharpness beta (the paper searches roughly 0.1..10; small models with
+#: crowded feature spaces need sharper affinities, so the grid goes further).
+TIP_BETAS: tuple[float, ...] = (0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0)
+
+
+@dataclass
+class FeatureTask:
+    """A dataset as cached, normalised features plus its zero-shot classifier."""
+
+    name: str
+    train: SplitFeatures
+    val: SplitFeatures
+    test: SplitFeatures
+    class_weights: Tensor
+    logit_scale: float
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.train.class_names
+
+
+def load_feature_task(
+    bundle: ClipBundle,
+    name: str,
+    templates: Sequence[str] = SINGLE_TEMPLATE,
+    **options: Any,
+) -> FeatureTask:
+    """Load a registered dataset, encode its splits (feature cache) and its class prompts."""
+    data = load_dataset(name, **options)
+    feats = encode_dataset(bundle, data)
+    return FeatureTask(
+        name=name,
+        train=feats["train"],
+        val=feats["val"],
+        test=feats["test"],
+        class_weights=class_embeddings(bundle, data.class_names, templates),
+        logit_scale=bundle.logit_scale,
+    )
+
+
+@dataclass(frozen=True)
+class FewShotProblem:
+    """What a method may see: k-shot train features, the validation split, the zero-shot head.
+
+    There is deliberately no test split here: every choice a method makes is made on ``val``.
+    """
+
+    train: SplitFeatures
+    val: SplitFeatures
+    class_weights: Tensor
+    logit_scale: float
+    shots: int
+    seed: int
+
+    @property
+    def n_classes(self) -> int:
+        return int(self.class_weights.shape[0])
+
+
+#: ``features [N, D] -> logits [N, C]``
+Predictor = Callable[[Tensor], Tensor]
+
+
+@dataclass
+class Fitted:
+    """A fitted method: its predictor, what it chose on validation, and the fitted object."""
+
+    predict: Predictor
+    info: dict[str, float] = field(default_factory=dict)
+    model: Any = None
+
+
+Method = Callable[[FewShotProblem], Fitted]
+
+
+def few_shot_problem(task: FeatureTask, shots: int, seed: int) -> FewShotProblem:
+    """The k-shot problem of ``task`` for one seed (the same draw as :func:`clipnb.few_shot`)."""
+    idx = torch.as_tensor(
+        few_shot_indices(task.train.y.numpy(), shots, seed, task.train.class_names)
+    )
+    train = SplitFeatures(task.train.x[idx], task.train.y[idx], task.train.class_names)
+    return FewShotProblem(train, task.val, task.class_weights, task.logit_scale, shots, seed)
+
+
+def run_few_shot(
+    task: FeatureTask,
+    methods: Mapping[str, Method],
+    shots: Sequence[int],
+    seeds: Sequence[int],
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Fit every method at every (shots, seed) and score it once on the test split.
+
+    Returns long-format records: ``dataset, method, shots, seed, accuracy`` (test, %) plus what
+    each method chose on validation (its ``info``), ready for :func:`clipnb.report.mean_std_table`.
+    """
+    if not methods:
+        raise ValueError("methods is empty; pass e.g. {'zero-shot': zero_shot_method()}.")
+    records: list[dict[str, Any]] = []
+    grid = list(itertools.product(shots, seeds))
+    for k, seed in tqdm(grid, desc=f"few-shot {task.name}", disable=not progress, leave=False):
+        problem = few_shot_problem(task, int(k), int(seed))
+        for name, method in methods.items():
+            seed_everything(int(seed))
+            fitted = method(problem)
+            with torch.no_grad():
+                acc = accuracy(fitted.predict(task.test.x), task.test.y)
+            records.append(
+                {
+                    "dataset": task.name,
+                    "method": name,
+                    "shots": int(k),
+                    "seed": int(seed),
+                    "accuracy": acc,
+                    **fitted.info,
+                }
+            )
+    return records
+
+
+# --------------------------------------------------------------------------------- methods
+
+
+def zero_shot_method() -> Method:
+    """Zero-shot CLIP: ``logit_scale * f W^T``; ignores the few-shot examples."""
+
+    def fit(p: FewShotProblem) -> Fitted:
+        w, s = p.class_weights, p.logit_scale
+
+        def predict(x: Tensor) -> Tensor:
+            return s * x @ w.T
+
+        return Fitted(predict, {"val_accuracy": accuracy(predict(p.val.x), p.val.y)})
+
+    return fit
+
+
+def linear_probe_method(Cs: Sequence[float] = PROBE_CS, max_iter: int = 1000) -> Method:
+    """Logistic regression on the k-shot features, C chosen on validation."""
+
+    def fit(p: FewShotProblem) -> Fitted:
+        probe = fit_linear_probe(
+            p.train.x, p.train.y.numpy(), p.val.x, p.val.y.numpy(), Cs, max_iter
+        )
+
+        def predict(x: Tensor) -> Tensor:
+            return torch.as_tensor(probe.classifier.predict_proba(np.asarray(x)))
+
+        return Fitted(predict, {"C": probe.C, "val_accuracy": max(probe.val_scores)}, probe)
+
+    return fit
+
+
+def head_method(
+    init: str = "zero_shot",
+    epochs: int = 100,
+    lr: float | Sequence[float] = 1e-3,
+    weight_decay: float = 0.0,
+    batch_size: int = 256,
+) -> Method:
+    """A linear head (zero-shot or random init) trained with Adam; epoch (and lr) chosen on val.
+
+    Uses :class:`clipnb.heads.LinearHead` and :func:`clipnb.heads.train_head` (epoch 0, the
+    initial head, is a candidate: a zero-shot-initialised head never falls below zero-shot on val).
+    ``lr`` may be a sequence: each is trained and the best validation accuracy wins (first on ties).
+    """
+    if init not in ("zero_shot", "random"):
+        raise ValueError(f"init must be 'zero_shot' or 'random', not {init!r}.")
+    lrs = [float(lr)] if isinstance(lr, int | float) else [float(v) for v in lr]
+    if not lrs:
+        raise ValueError("lr must be a float or a non-empty sequence of floats.")
+
+    def fit(p: FewShotProblem) -> Fitted:
+        trained = {}
+
+        def val_score(rate: float) -> float:
+            if init == "zero_shot":
+                head = LinearHead.zero_shot(p.class_weights, p.logit_scale)
+            else:
+                head = LinearHead.random(p.class_weights.shape[1], p.n_classes, seed=p.seed)
+            trained[rate] = train_head(
+                head,
+                p.train.x,
+                p.train.y,
+                p.val.x,
+                p.val.y,
+                epochs=epochs,
+                lr=rate,
+                weight_decay=weight_decay,
+                batch_size=batch_size,
+                seed=p.seed,
+            )
+            return trained[rate][1].best_val
+
+        best, _ = select_on_validation(lrs, val_score)
+        head, record = trained[best]
+        head.eval()
+        info = {"epoch": float(record.best_epoch), "lr": best, "val_accuracy": record.best_val}
+        return Fitted(head, info, head)
+
+    return fit
+
+
+def tip_adapter_method(
+    alpha_fractions: Sequence[float] = ALPHA_FRACTIONS, betas: Sequence[float] = TIP_BETAS
+) -> Method:
+    """Training-free Tip-Adapter, (alpha, beta) from a grid search on validation.
+
+    alpha is searched as ``alpha_fractions * logit_scale`` (see :data:`ALPHA_FRACTIONS`).
+    """
+
+    def fit(p: FewShotProblem) -> Fitted:
+        alphas = [f * p.logit_scale for f in alpha_fractions]
+        a, b, grid = search_alpha_beta(
+            TipAdapter,
+            p.train.x,
+            p.train.y,
+            p.val.x,
+            p.val.y,
+            p.class_weights,
+            p.logit_scale,
+            alphas,
+            betas,
+        )
+        adapter = TipAdapter(alpha=a, beta=b).fit(
+            p.train.x, p.train.y, p.class_weights, p.logit_scale
+        )
+        info = {
+            "alpha": a,
+            "alpha_fraction": a / p.logit_scale,
+            "beta": b,
+            "val_accuracy": 100.0 * float(grid.max()),
+        }
+        return Fitted(adapter.forward_logits, info, adapter)
+
+    return fit
+
+
+def tip_adapter_f_method(
+    alpha_fractions: Sequence[float] = ALPHA_FRACTIONS,
+    betas: Sequence[float] = TIP_BETAS,
+    epochs: int = 20,
+    lr: float | Sequence[float] = 1e-3,
+    batch_size: int = 256,
+) -> Method:
+    """Tip-Adapter-F with every choice made on validation.
+
+    As in the paper: (alpha, beta) start from the training-free search, the keys are fine-tuned
+    with cross-entropy, and (alpha, beta) are searched again with the fine-tuned keys. The epoch
+    whose keys are kept is the best on validation (the original code picked it on test). ``lr``
+    may be a sequence, each tried and the best validation accuracy kept: the affinity
+    ``exp(-beta (1 - f K^T))`` reacts to a key step in proportion to beta, so the paper's 1e-3
+    (set for beta of order 1) is too large for the sharp affinities small models need.
+    """
+    search_free = tip_adapter_method(alpha_fractions, betas)
+    lrs = [float(lr)] if isinstance(lr, int | float) else [float(v) for v in lr]
+    if not lrs:
+        raise ValueError("lr must be a float or a non-empty sequence of floats.")
+
+    def fit(p: FewShotProblem) -> Fitted:
+        start = search_free(p).info
+        trained: dict[float, TipAdapterF] = {}
+
+        def val_after_training(rate: float) -> float:
+            trained[rate] = TipAdapterF(
+                alpha=start["alpha"],
+                beta=start["beta"],
+                lr=rate,
+                epochs=epochs,
+                batch_size=batch_size,
+                seed=p.seed,
+                keep_history=False,
+            ).fit(p.train.x, p.train.y, p.class_weights, p.logit_scale, p.val.x, p.val.y)
+            return max(trained[rate].val_curve_ or [0.0])
+
+        best_lr, _ = select_on_validation(lrs, val_after_training)
+        adapter = trained[best_lr]
+        pairs = [(f * p.logit_scale, b) for f in alpha_fractions for b in betas]
+
+        def val_score(pair: tuple[float, float]) -> float:
+            adapter.alpha, adapter.beta = pair
+            return adapter.score(p.val.x, p.val.y)
+
+        (a, b), scores = select_on_validation(pairs, val_score)
+        adapter.alpha, adapter.beta = a, b
+        info = {
+            "alpha": a,
+            "alpha_fraction": a / p.logit_scale,
+            "beta": b,
+            "epoch": float(adapter.best_epoch_ + 1),
+            "lr": best_lr,
+            "val_accuracy": 100.0 * max(scores),
+        }
+        return Fitted(adapter.forward_logits, info, adapter)
+
+    return fit
+
+
+# ----------------------------------------------------------------------------- Grad-CAM
+
+
+def display_images(bundle: ClipBundle, pixels: Tensor) -> np.ndarray:
+    """Preprocessed pixels ``[B, 3, H, W]`` back to uint8 RGB ``[B, H, W, 3]`` (undo Normalize).
+
+    What the model saw (after resize and crop), so a CAM of the same size overlays it exactly.
+    """
+    norm = [t for t in getattr(bundle.preprocess, "transforms", []) if hasattr(t, "mean")]
+    mean = torch.tensor(norm[-1].mean if norm else (0.0, 0.0, 0.0)).view(1, 3, 1, 1)
+    std = torch.tensor(norm[-1].std if norm else (1.0, 1.0, 1.0)).view(1, 3, 1, 1)
+    images = (pixels.detach().cpu().float() * std + mean).clamp(0, 1)
+    return (images.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
+
+
+def cams_over_shots(
+    bundle: ClipBundle,
+    task: FeatureTask,
+    method: Method,
+    shots: Sequence[int],
+    seed: int,
+    pixels: Tensor,
+    classes: Sequence[int],
+) -> dict[int, np.ndarray]:
+    """Grad-CAM maps ``{shots: [B, H, W]}`` with ``method``'s logits as the target score.
+
+    At each shot count the method is fitted on the k-shot draw of ``seed`` (choices on val, as in
+    :func:`run_few_shot`) and its predictor, which must be differentiable in the normalised image
+    embedding (zero-shot, heads, Tip-Adapter), becomes :class:`clipnb.gradcam.ClipGradCAM`'s
+    ``logit_fn``; the map is for ``classes[b]`` on image ``b``.
+    """
+    from .gradcam import ClipGradCAM
+
+    maps: dict[int, np.ndarray] = {}
+    for k in shots:
+        seed_everything(int(seed))
+        fitted = method(few_shot_problem(task, int(k), int(seed)))
+        with ClipGradCAM(bundle.model, None, logit_fn=fitted.predict) as cam:
+            maps[int(k)] = cam(pixels, list(classes))
+    return maps
+
+
+# ----------------------------------------------------------------------------- figures
+
+
+def cam_grid_figure(
+    images: np.ndarray,
+    maps: Mapping[str, np.ndarray],
+    row_labels: Sequence[str],
+    size: float = 1.35,
+):
+    """One row per image: the image, then its CAM overlay for every entry of ``maps``.
+
+    ``images`` is uint8 ``[B, H, W, 3]`` (e.g. :func:`display_images`), each map ``[B, H, W]``;
+    column titles come from the keys of ``maps``, row titles from ``row_labels``.
+    """
+    from .gradcam import overlay
+    from .report import image_grid
+
+    tiles, titles = [], []
+    for b, label in enumerate(row_labels):
+        tiles.append(images[b])
+        titles.append(f"input: {label}" if b == 0 else label)
+        for name, cams in maps.items():
+            tiles.append(overlay(images[b], cams[b]))
+            titles.append(name if b == 0 else "")
+    return image_grid(tiles, titles, ncols=1 + len(maps), size=size)
+
+
+def plot_accuracy_vs_shots(
+    records: Sequence[Mapping[str, Any]],
+    methods: Sequence[str] | None = None,
+    shots: Sequence[int] | None = None,
+    ncols: int = 3,
+    titles: Mapping[str, str] | None = None,
+):
+    """Test accuracy vs shots, one panel per dataset, mean line and ± std band over seeds.
+
+    ``methods`` and ``shots`` restrict and order what is drawn (default: all, in record order).
+    """
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    df = pd.DataFrame.from_records(list(records))
+    if shots is not None:
+        df = df[df["shots"].isin(list(shots))]
+    methods = list(methods) if methods is not None else list(dict.fromkeys(df["method"]))
+    datasets = list(dict.fromkeys(df["dataset"]))
+    ncols = max(1, min(ncols, len(datasets)))
+    nrows = int(np.ceil(len(datasets) / ncols))
+    fig, axes = plt.subplots(
+        nrows, ncols, figsize=(4.2 * ncols, 3.4 * nrows), squeeze=False, sharey=False
+    )
+    for ax in axes.flat[len(datasets) :]:
+        ax.axis("off")
+    for ax, dataset in zip(axes.flat, datasets, strict=False):
+        for i, method in enumerate(methods):
+            rows = df[(df["dataset"] == dataset) & (df["method"] == method)]
+            if rows.empty:
+                continue
+            stats = rows.groupby("shots")["accuracy"].agg(["mean", lambda v: float(np.std(v))])
+            x, mean, std = stats.index.to_numpy(), stats.iloc[:, 0], stats.iloc[:, 1]
+            ax.plot(x, mean, "o-", ms=3.5, color=f"C{i}", label=method)
+            ax.fill_between(x, mean - std, mean + std, color=f"C{i}", alpha=0.18, lw=0)
+        ticks = sorted(df.loc[df["dataset"] == dataset, "shots"].unique())
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(ticks, [str(t) for t in ticks])
+        ax.minorticks_off()
+        ax.set(
+            title=(titles or {}).get(dataset, dataset),
+            xlabel="shots per class",
+            ylabel="test accuracy (%)",
+        )
+    axes.flat[0].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_alpha_beta_grid(
+    grid: np.ndarray,
+    alpha_fractions: Sequence[float],
+    betas: Sequence[float],
+    title: str = "",
+):
+    """Heatmap of validation accuracy over Tip-Adapter's (alpha / logit scale, beta) grid.
+
+    ``grid`` is :func:`clipnb.adapters.search_alpha_beta`'s ``[len(alphas), len(betas)]`` array
+    of accuracies in [0, 1]; each cell is labelled with its value in percent.
+    """
+    import matplotlib.pyplot as plt
+
+    values = 100 * np.asarray(grid, dtype=float)
+    fig, ax = plt.subplots(figsize=(1.2 + 0.75 * len(betas), 1.0 + 0.42 * len(alpha_fractions)))
+    image = ax.imshow(values, cmap="viridis", aspect="auto")
+    middle = (np.nanmax(values) + np.nanmin(values)) / 2
+    for (i, j), v in np.ndenumerate(values):
+        colour = "black" if v > middle else "white"
+        ax.text(j, i, f"{v:.0f}", ha="center", va="center", fontsize=8, color=colour)
+    ax.set(
+        xticks=range(len(betas)),
+        xticklabels=[f"{b:g}" for b in betas],
+        yticks=range(len(alpha_fractions)),
+        yticklabels=[f"{a:g}" for a in alpha_fractions],
+        xlabel="β",
+        ylabel="α / logit scale",
+        title=title,
+    )
+    ax.grid(False)
+    fig.colorbar(image, ax=ax, label="validation accuracy (%)")
+    fig.tight_layout()
+    return fig

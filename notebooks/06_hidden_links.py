@@ -1,0 +1,590 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python (clipnb)
+#     language: python
+#     name: clipnb
+# ---
+
+# %% [markdown]
+# # Hidden links: Hateful-Memes-style finetuning
+#
+# The source report (its section 2.3) finetuned CLIP on Hateful Memes, where a meme is hateful
+# only through what its picture and its caption mean *together*, and often through a link that
+# neither states. Finetuning stayed at chance; the authors then tried to fill the missing link
+# with auxiliary image–text pairs (2.3.1) and with a text-encoder "self-learning" step against a
+# frozen copy of CLIP (2.3.2), and looked at where Grad-CAM puts the attention.
+#
+# **Question.** When the label depends on a link that no training example states, does
+# finetuning CLIP on labelled examples learn anything, and do auxiliary image–text and text–text
+# training that state the link move the accuracy and the attention?
+
+# %% tags=["parameters"]
+profile = "embedded"
+dataset = "memes"
+seeds = [0, 1, 2]
+n_train = 512
+n_val = 128
+n_test = 256
+steps = 200
+eval_every = 50
+pairs_per_step = 1
+lrs = [0.0001, 0.001]
+chain_batch = 4
+aux_counts = [0, 2, 4, 6, 8, 10]
+cam_counts = [0, 2, 4, 6, 8]
+cam_memes = 32
+aux_dir = ""
+chain_yaml = ""
+max_per_split = 0
+
+# %%
+import time
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+import clipnb
+from clipnb import chain, memes, report
+from clipnb.evaluation import fit_linear_probe, select_on_validation
+from clipnb.features import encode_images, encode_texts
+from clipnb.profiles import load_model
+
+start = time.perf_counter()
+report.set_style()
+clipnb.seed_everything(seeds[0])
+bundle = load_model(profile)
+if dataset == "memes":
+    data = clipnb.load_dataset(dataset, n_train=n_train, n_val=n_val, n_test=n_test)
+else:
+    data = clipnb.load_dataset(dataset, max_per_split=max_per_split or None)
+train, val, test = data.train, data.val, data.test
+synthetic = dataset == "memes"
+links = memes.DEFAULT_LINKS if synthetic else None
+# The auxiliary knowledge: generated with the memes, or the user's files in the full profile.
+if synthetic:
+    aux_all = memes.alignment_images(links, max(aux_counts))
+    chain_spec = memes.ChainSpec(links.chain_sentences())
+    aux_note = "generated with the memes"
+elif aux_dir and chain_yaml and Path(aux_dir).is_dir() and Path(chain_yaml).is_file():
+    aux_all = memes.load_alignment_folder(aux_dir)
+    chain_spec = memes.load_chain_yaml(chain_yaml)
+    aux_note = f"read from {aux_dir} and {chain_yaml}"
+else:
+    aux_all, chain_spec = None, None
+    aux_note = "missing (set aux_dir and chain_yaml): only experiment 1 runs"
+print(
+    f"{dataset}: {len(train)} train, {len(val)} val, {len(test)} test memes; auxiliary data {aux_note}"
+)
+
+# %% [markdown]
+# ## The memes
+#
+# The Hateful Memes images and their offensive links are not something this report reproduces.
+# The `embedded` profile builds memes of its own from the generated world, with invented, neutral
+# entities that only play the same logical roles. Each meme shows an **emblem** (a shape the
+# pretraining world contains) with an invented **word** printed meme-style underneath; the word
+# is also the meme's text. Four hidden **concepts**, invented words that no pretraining caption
+# contains, each link two emblems to four words, and a meme is "hateful" exactly when its emblem
+# and its word belong to the same concept. Every emblem and every word appears equally often in
+# hateful and in benign memes (the benign ones are the *confounders*), so neither the picture nor
+# the text alone says anything about the label.
+#
+# Like the source's example whose link ("Hitler" – "gas") no training meme teaches, each
+# concept's words have roles: two appear in the training memes, one only in validation memes and
+# one only in test memes. Validation and test therefore hold two groups: **shown-link** memes
+# (new renderings of words seen in training) and **hidden-link** memes (a word no labelled meme
+# contains; its link is stated only by the auxiliary data below). The source's question is about
+# the hidden links; the shown links are the control that finetuning works at all.
+
+# %%
+if synthetic:
+    rows_shown = [
+        np.flatnonzero((test.domains == g) & (test.labels == y))[:4] for g in (0, 1) for y in (1, 0)
+    ]
+    examples = np.concatenate(rows_shown)
+    info = memes.meme_table(test)
+    titles = [
+        f"{info.emblem[i]} · {info.word[i]}\n{'hateful' if test.labels[i] else 'benign'} ({info.group[i]})"
+        for i in examples
+    ]
+else:
+    examples = np.r_[np.flatnonzero(test.labels == 1)[:8], np.flatnonzero(test.labels == 0)[:8]]
+    titles = [("hateful" if test.labels[i] else "benign") for i in examples]
+fig = report.image_grid([test.array(i) for i in examples], titles, ncols=8, size=1.45)
+report.glue("fig_memes", fig)
+plt.close(fig)
+links.table() if synthetic else pd.DataFrame(
+    {"split": ["train", "val", "test"], "memes": [len(train), len(val), len(test)]}
+)
+
+# %% [markdown]
+# ```{glue:figure} fig_memes
+# :name: fig-memes
+#
+# Test memes: shown-link hateful, shown-link benign, hidden-link hateful, hidden-link benign (one
+# row each in the embedded profile). Title: emblem · word, label and group.
+# ```
+#
+# The table lists the links. The auxiliary data the later experiments add are emblem images
+# paired with their concept's name, and one *chain sentence* per link, of the form "the
+# {concept} keep the {word}". The concepts, the words and the chain sentences are absent from the
+# pretraining captions (the tests check this down to the tokenizer's sub-word pieces).
+#
+# ## Neither modality alone predicts the label
+#
+# A logistic-regression probe on the frozen image embeddings, one on the frozen text embeddings
+# of the captions, and one on both concatenated, each with its regularisation chosen on the
+# validation split, score the shown-link test memes (where every word was seen in training):
+
+
+# %%
+def probe_accuracy(train_x, val_x, test_x) -> float:
+    probe = fit_linear_probe(train_x, train.labels, val_x, val.labels)
+    return clipnb.accuracy(probe.classifier.predict(test_x), test.labels[eval_rows])
+
+
+eval_rows = np.flatnonzero(test.domains == 0) if synthetic else np.arange(len(test))
+image_x = {s: encode_images(bundle, data.split(s)).numpy() for s in ("train", "val", "test")}
+text_x = {s: encode_texts(bundle, data.split(s).texts).numpy() for s in ("train", "val", "test")}
+both_x = {s: np.concatenate([image_x[s], text_x[s]], axis=1) for s in image_x}
+probes = pd.DataFrame(
+    {
+        "test accuracy %": [
+            probe_accuracy(x["train"], x["val"], x["test"][eval_rows])
+            for x in (image_x, text_x, both_x)
+        ]
+    },
+    index=["image only", "text only", "image + text (concatenated)"],
+)
+for key, name in zip(("probe_image", "probe_text", "probe_both"), probes.index, strict=True):
+    report.glue(key, probes.loc[name, "test accuracy %"])
+probes.round(1)
+
+# %% [markdown]
+# The image-only probe scores {glue:text}`probe_image:.1f` %, the text-only probe
+# {glue:text}`probe_text:.1f` % and the concatenation {glue:text}`probe_both:.1f` % (chance 50 %):
+# the label is an interaction between the two modalities, which no linear read-out of either
+# embedding, or of both side by side, can express.
+#
+# ## Experiment 1: plain finetuning
+#
+# **Method.** CLIP is finetuned as its own zero-shot classifier with two candidate prompts. For a
+# meme with image $x$ and caption $t$, with prompts $p_0(t)$ = "this photo says $t$, it is not
+# hateful" and $p_1(t)$ = "this photo says $t$, it is hateful" (or the shared "this photo is (not)
+# hateful", which ignore $t$), normalised encoders $I$, $T$ and CLIP's logit scale $s$,
+#
+# $$
+# p(c \mid x, t) = \frac{\exp\big(s\, I(x) \cdot T(p_c(t))\big)}{\sum_{c'=0}^{1} \exp\big(s\, I(x) \cdot T(p_{c'}(t))\big)},
+# \qquad \mathcal{L}_{\text{meme}} = -\log p(y \mid x, t),
+# $$
+#
+# averaged over batches of one hateful and one benign meme, as in the source, with Adam. Either
+# the whole image encoder or the whole text encoder is trained (the source's choice for this
+# dataset); the step is chosen on the validation AUROC, and the chosen model is scored once on
+# the test memes: accuracy, AUROC, and accuracy on the hateful (linked) memes and on the benign
+# confounders separately.
+
+# %%
+rows_cam = chain.cam_rows(test, cam_memes)
+records, masses, example_maps = [], [], {}
+
+
+def record(experiment: str, stage: str, n_aux: int, seed: int, clf: chain.MemeClassifier) -> None:
+    metrics, cam, maps = chain.measure(clf, test, rows_cam)
+    keys = {"experiment": experiment, "stage": stage, "n": n_aux, "seed": seed}
+    records.extend(keys | r for r in metrics)
+    masses.extend(keys | r for r in cam)
+    if seed == seeds[0]:
+        example_maps[(experiment, stage, n_aux)] = maps
+
+
+n_runs, chosen_lr = 0, {}
+
+
+def train_run(part: str, templates, lr: float, seed: int, **extra) -> chain.MemeTraining:
+    global n_runs
+    n_runs += 1
+    clipnb.seed_everything(seed)
+    return chain.finetune_memes(
+        bundle, part, train, val, templates=templates, steps=steps, lr=lr, seed=seed,
+        eval_every=eval_every, pairs_per_step=pairs_per_step, progress=True, **extra,
+    )  # fmt: skip
+
+
+runs = {}
+for family, templates in chain.PROMPT_FAMILIES.items():
+    zero_shot = chain.MemeClassifier(bundle, templates, bundle)
+    record("1", f"zero-shot · {family} prompts", 0, seeds[0], zero_shot)
+    for part in ("image_encoder", "text_encoder"):
+        # The learning rate: the best validation AUROC of the first seed's runs.
+        trials = {lr: train_run(part, templates, lr, seeds[0]) for lr in lrs}
+        best_val = {lr: trial.best_val for lr, trial in trials.items()}
+        lr, _ = select_on_validation(lrs, best_val.__getitem__)
+        chosen_lr[(family, part)] = lr
+        for seed in seeds:
+            run = trials[lr] if seed == seeds[0] else train_run(part, templates, lr, seed)
+            runs[(family, part, seed)] = run
+            record("1", f"{part.replace('_', ' ')} · {family} prompts", 0, seed, run.classifier)
+lr_text = chosen_lr[("caption", "text_encoder")]
+pd.Series({f"{p.replace('_', ' ')} · {f} prompts": v for (f, p), v in chosen_lr.items()}, name="lr")
+
+# %%
+results = pd.DataFrame.from_records(records)
+main_group = "hidden" if synthetic else "all"
+columns = [(main_group, m) for m in chain.METRICS]
+columns += [("shown", "accuracy"), ("shown", "AUROC")] if synthetic else []
+ft_text, ft_image = "text encoder · caption prompts", "image encoder · caption prompts"
+exp1 = results[results.experiment == "1"]
+report.glue("auroc_ft", chain.mean_where(exp1, "AUROC", stage=ft_text, group=main_group))
+report.glue("acc_ft", chain.mean_where(exp1, "accuracy", stage=ft_text, group=main_group))
+report.glue("auroc_ft_image", chain.mean_where(exp1, "AUROC", stage=ft_image, group=main_group))
+report.glue(
+    "acc_ft_best",
+    max(chain.mean_where(exp1, "accuracy", stage=s, group=main_group) for s in exp1.stage.unique()),
+)
+report.glue("auroc_ft_shown", chain.mean_where(exp1, "AUROC", stage=ft_text, group="shown"))
+report.glue("acc_ft_shown", chain.mean_where(exp1, "accuracy", stage=ft_text, group="shown"))
+report.glue("auroc_ft_image_shown", chain.mean_where(exp1, "AUROC", stage=ft_image, group="shown"))
+report.glue("chosen_step_mean", np.mean([r.chosen_step for r in runs.values()]))
+chain.metric_table(exp1, columns)
+
+# %% [markdown]
+# Columns: the group of test memes (hidden-link memes; all test memes in the `full` profile),
+# then the metric (accuracy and AUROC in %; "linked" is the accuracy on the hateful memes,
+# "confounders" the accuracy on the benign ones); mean ± std over seeds.
+#
+# On the hidden-link memes, the text encoder finetuned with the caption inside the prompt reaches
+# an AUROC of {glue:text}`auroc_ft:.1f` % (accuracy {glue:text}`acc_ft:.1f` %), the image encoder
+# {glue:text}`auroc_ft_image:.1f` %; the best accuracy of any setting is
+# {glue:text}`acc_ft_best:.1f` %. The source's number, on the real Hateful Memes with ViT-B/32:
+# "the highest accuracy doesn't surpass 0.52", with or without the caption in the prompt. On the
+# shown-link control the same text-encoder finetuning reaches an AUROC of
+# {glue:text}`auroc_ft_shown:.1f` % (accuracy {glue:text}`acc_ft_shown:.1f` %) and the image
+# encoder {glue:text}`auroc_ft_image_shown:.1f` %: what decides whether finetuning helps is
+# whether the labelled memes contain the link. The validation AUROC chose, on average, step
+# {glue:text}`chosen_step_mean:.0f` of each run.
+#
+# ## Experiment 2: simple alignment between picture and text
+#
+# **Method.** The source paired 10 pictures of the meme's subject with the text "Hitler, hateful",
+# mixed them with non-hateful data and finetuned the text encoder. Here each emblem gets $n$
+# auxiliary images of itself alone (new colours, sizes, places and backgrounds; no caption),
+# paired with its concept's name $k$; each step adds two of them to the meme pair, with the loss
+#
+# $$
+# \mathcal{L}_{\text{align}} = -\log
+# \frac{\exp\big(s\, I(a) \cdot T(\text{"}k\text{, hateful"})\big)}
+# {\exp\big(s\, I(a) \cdot T(\text{"}k\text{, hateful"})\big) + \exp\big(s\, I(a) \cdot T(\text{"}k\text{, not hateful"})\big)},
+# $$
+#
+# summed with $\mathcal{L}_{\text{meme}}$ on the same balanced meme pairs (the "other data"). The
+# text encoder is trained, with the caption prompts; $n$ runs over the source's 0 to 10.
+
+# %%
+have_aux = aux_all is not None
+for n_aux in aux_counts if have_aux else []:
+    for seed in seeds:
+        if n_aux == 0:  # the same run as experiment 1's text encoder with caption prompts
+            run = runs[("caption", "text_encoder", seed)]
+        else:
+            aux = memes.first_per_emblem(aux_all, n_aux)
+            run = train_run("text_encoder", chain.CAPTION_TEMPLATES, lr_text, seed, aux=aux)
+        record("2", "memes + alignment", n_aux, seed, run.classifier)
+
+# %% [markdown]
+# ## Experiment 3: text-encoder self-learning
+#
+# **Method.** The source's second attempt (its Figure 11): a frozen copy of the pretrained CLIP
+# embeds the anchor words "hateful", "positive" and "happy" once ($\bar T$); the trainable text
+# encoder $T_\theta$ learns to classify every chain sentence $q$ ("the {concept} keep the
+# {word}") as "hateful" among the frozen anchors, and each anchor word as itself, which keeps
+# "hateful" apart from its two opposites:
+#
+# $$
+# \mathcal{L}_{\text{chain}} = -\sum_{q} \log \frac{\exp\big(s\, T_\theta(q) \cdot \bar T(\text{hateful})\big)}{\sum_{a} \exp\big(s\, T_\theta(q) \cdot \bar T(a)\big)}
+# - \sum_{a} \log \frac{\exp\big(s\, T_\theta(a) \cdot \bar T(a)\big)}{\sum_{a'} \exp\big(s\, T_\theta(a) \cdot \bar T(a')\big)},
+# \qquad a, a' \in \{\text{hateful}, \text{positive}, \text{happy}\}.
+# $$
+#
+# Each step sums $\mathcal{L}_{\text{meme}} + \mathcal{L}_{\text{align}} + \mathcal{L}_{\text{chain}}$
+# (alignment with $n$ images per emblem, $n = 0$ meaning none). The chain sentences cover every
+# link, including the hidden-link words of the validation and test memes: they are the only place
+# where those links are stated. The frozen copy never changes (a test checks its parameters).
+
+# %%
+reference = chain.FrozenReference(bundle, chain_spec.anchors) if have_aux else None
+# Control sentences: each test-only word with the concepts it is *not* linked to.
+test_words = links.words_for("test") if synthetic else []
+linked_sentences = links.chain_sentences(test_words) if synthetic else []
+unlinked_sentences = (
+    [q for k in (1, 2, 3) for q in links.chain_sentences(test_words, shift=k)] if synthetic else []
+)
+shares = []
+for n_aux in aux_counts if have_aux else []:
+    for seed in seeds:
+        aux = memes.first_per_emblem(aux_all, n_aux) if n_aux else None
+        run = train_run(
+            "text_encoder", chain.CAPTION_TEMPLATES, lr_text, seed, aux=aux,
+            chain=chain_spec.sentences, chain_batch=chain_batch, reference=reference,
+        )  # fmt: skip
+        record("3", "memes + self-learning + alignment", n_aux, seed, run.classifier)
+        if synthetic and n_aux == max(aux_counts):
+            model = run.classifier.bundle
+            shares.append({
+                "seed": seed,
+                "linked (trained)": chain.target_share(model, reference, linked_sentences),
+                "not linked (never seen)": chain.target_share(model, reference, unlinked_sentences),
+            })  # fmt: skip
+
+# %%
+results = pd.DataFrame.from_records(records)
+n_max = max(aux_counts)
+align_label = f"2. + alignment ({n_max} images per emblem)"
+chain_label = f"3b. + self-learning + alignment ({n_max} per emblem)"
+stages = pd.concat(
+    [
+        exp1[exp1.stage == "zero-shot · caption prompts"].assign(stage="0. zero-shot"),
+        exp1[exp1.stage == ft_text].assign(stage="1. memes only (text encoder)"),
+        results[(results.experiment == "2") & (results.n == n_max)].assign(stage=align_label),
+        results[(results.experiment == "3") & (results.n == 0)].assign(
+            stage="3a. + self-learning (no alignment)"
+        ),
+        results[(results.experiment == "3") & (results.n == n_max)].assign(stage=chain_label),
+    ]
+)
+for key, stage in (
+    ("align", align_label),
+    ("self", "3a. + self-learning (no alignment)"),
+    ("chain", chain_label),
+):
+    for metric in ("AUROC", "linked", "confounders"):
+        value = chain.mean_where(stages, metric, stage=stage, group=main_group)
+        report.glue(f"{metric.lower()}_{key}", value)
+    report.glue(f"auroc_{key}_shown", chain.mean_where(stages, "AUROC", stage=stage, group="shown"))
+report.glue("n_max", n_max)
+chain.metric_table(stages, columns)
+
+# %% [markdown]
+# Each stage of the source's pipeline, scored on the same test memes (mean ± std over seeds;
+# stages 2–3 are empty in the `full` profile without the auxiliary files).
+#
+# With the alignment images ({glue:text}`n_max:.0f` per emblem) the hidden-link AUROC is
+# {glue:text}`auroc_align:.1f` %; the accuracy on hateful memes becomes
+# {glue:text}`linked_align:.1f` % and on the confounders {glue:text}`confounders_align:.1f` %. The
+# self-learning step alone gives {glue:text}`auroc_self:.1f` %, and the full pipeline
+# (self-learning + alignment) {glue:text}`auroc_chain:.1f` % (hateful memes
+# {glue:text}`linked_chain:.1f` %, confounders {glue:text}`confounders_chain:.1f` %).
+
+# %%
+share_table = pd.DataFrame.from_records(
+    shares, columns=["seed", "linked (trained)", "not linked (never seen)"]
+)
+report.glue("share_linked", share_table["linked (trained)"].mean())
+report.glue("share_unlinked", share_table["not linked (never seen)"].mean())
+share_table.drop(columns="seed").agg(["mean", "std"]).round(1)
+
+# %% [markdown]
+# What did the self-learning step teach? The table gives the share (%) of chain sentences that
+# the trained text encoder puts nearest the frozen "hateful" anchor (full pipeline, mean and std
+# over seeds): the sentences of the test-only words it was trained on, and the same words paired
+# with the three concepts they are *not* linked to, which it never saw. Linked:
+# {glue:text}`share_linked:.1f` %; not linked: {glue:text}`share_unlinked:.1f` %.
+
+# %%
+over_n = results[results.experiment.isin(["2", "3"]) & (results.group == main_group)]
+families = [("2", "alignment", "C0"), ("3", "self-learning + alignment", "C3")]
+fig = chain.plot_over_n(
+    over_n,
+    [
+        ("Hidden-link memes: AUROC", [("AUROC", "", "-")], "AUROC (%)"),
+        (
+            "Hateful memes vs confounders",
+            [("linked", ": hateful", "-"), ("confounders", ": confounders", "--")],
+            "accuracy (%)",
+        ),
+    ],
+    families,
+    chance=50,
+)
+report.glue("fig_aux_curve", fig)
+plt.close(fig)
+
+# %% [markdown]
+# ```{glue:figure} fig_aux_curve
+# :name: fig-aux-curve
+#
+# Hidden-link test memes against the number of auxiliary images per emblem, for the alignment
+# alone (experiment 2) and with the self-learning step (experiment 3): AUROC (mean ± std over
+# seeds; dotted line: chance) and the accuracy on hateful memes and on confounders.
+# ```
+#
+# ## Where the attention goes
+#
+# Grad-CAM explains the "hateful" logit of a meme (the target layer is the last block's first
+# LayerNorm; the text features are the meme's two class prompts). The share of the map's mass
+# that falls on the emblem and on the caption's text region, averaged over up to
+# {glue:text}`cam_memes_used:.0f` hateful test memes per group, is compared with each region's
+# share of the image (what a uniform map would give). First the source's Figures 6–7: the image
+# encoder against the text encoder finetuned (caption prompts).
+
+# %%
+mass = pd.DataFrame.from_records(masses)
+if not len(mass):  # no masks (full profile): the maps only
+    mass = pd.DataFrame(
+        columns=[
+            "experiment",
+            "stage",
+            "n",
+            "seed",
+            "group",
+            "emblem mass",
+            "text mass",
+            "emblem area",
+            "text area",
+        ]
+    )
+mass[["emblem mass", "text mass"]] *= 100
+cam_group = "shown" if synthetic else "all"
+report.glue("cam_memes_used", max(len(r) for r in rows_cam.values()))
+report.glue("area_emblem", 100 * chain.mean_where(mass, "emblem area", group=cam_group))
+report.glue("area_text", 100 * chain.mean_where(mass, "text area", group=cam_group))
+encoder_stages = {"zs": "zero-shot · caption prompts", "img": ft_image, "txt": ft_text}
+for key, stage in encoder_stages.items():
+    for region in ("emblem", "text"):
+        value = chain.mean_where(
+            mass, f"{region} mass", experiment="1", stage=stage, group=cam_group
+        )
+        report.glue(f"cam_{key}_{region}", value)
+cam_table = mass[(mass.experiment == "1") & mass.stage.isin(encoder_stages.values())].melt(
+    id_vars=["stage", "seed", "group"], value_vars=["emblem mass", "text mass"], var_name="region"
+)
+cam_table["column"] = cam_table.group + " · " + cam_table.region
+report.mean_std_table(cam_table, index="stage", columns="column", value="value") if len(
+    cam_table
+) else cam_table
+
+# %%
+shown_meme = int(rows_cam[cam_group][0])
+fig = chain.cam_rows_figure(
+    test.array(shown_meme),
+    [
+        (
+            f"meme: {test.texts[shown_meme]}",
+            [
+                (name, example_maps[("1", stage, 0)][cam_group])
+                for name, stage in (
+                    ("zero-shot", encoder_stages["zs"]),
+                    ("image encoder", ft_image),
+                    ("text encoder", ft_text),
+                )
+            ],
+        )
+    ],
+)
+report.glue("fig_cam_encoders", fig)
+plt.close(fig)
+
+# %% [markdown]
+# ```{glue:figure} fig_cam_encoders
+# :name: fig-cam-encoders
+#
+# Grad-CAM of the "hateful" logit on one hateful shown-link test meme (first seed): zero-shot, the
+# image encoder finetuned, the text encoder finetuned (the source's Figures 6 and 7).
+# ```
+#
+# Columns of the table: group · region, CAM mass in % (mean ± std over seeds). On shown-link
+# hateful memes the zero-shot map puts {glue:text}`cam_zs_emblem:.1f` % of its mass on the emblem
+# and {glue:text}`cam_zs_text:.1f` % on the caption (areas: {glue:text}`area_emblem:.1f` % and
+# {glue:text}`area_text:.1f` % of the image). After finetuning the image encoder:
+# {glue:text}`cam_img_emblem:.1f` % and {glue:text}`cam_img_text:.1f` %; after finetuning the text
+# encoder: {glue:text}`cam_txt_emblem:.1f` % and {glue:text}`cam_txt_text:.1f` %. The source saw
+# the image-encoder map stay on the goat's head and the text-encoder map cover both the head and
+# the word "ISIS".
+#
+# Then the source's Figures 10 and 12: the maps on hidden-link memes as auxiliary images are
+# added, with the alignment alone and after the self-learning step.
+
+# %%
+over_n_mass = mass[mass.experiment.isin(["2", "3"]) & (mass.group == main_group)]
+fig = chain.plot_over_n(
+    over_n_mass,
+    [
+        (
+            "Attention on hidden-link hateful memes",
+            [("emblem mass", ": emblem", "-"), ("text mass", ": caption", "--")],
+            "share of CAM mass (%)",
+        )
+    ],
+    families,
+)
+report.glue("fig_cam_over_n", fig)
+plt.close(fig)
+for key, experiment in (("align", "2"), ("chain", "3")):
+    for n_aux, tag in ((0, "0"), (max(aux_counts), "_max")):
+        for region in ("emblem", "text"):
+            value = chain.mean_where(over_n_mass, f"{region} mass", experiment=experiment, n=n_aux)
+            report.glue(f"cam_{key}{tag}_{region}", value)
+
+# %% [markdown]
+# ```{glue:figure} fig_cam_over_n
+# :name: fig-cam-over-n
+#
+# Share of the "hateful" Grad-CAM mass on the emblem and on the caption of hidden-link hateful
+# test memes, against the number of auxiliary images per emblem (mean over seeds).
+# ```
+
+# %%
+hidden_meme = int(rows_cam[main_group][0])
+strip = [n for n in cam_counts if n in aux_counts] if have_aux else []
+fig = chain.cam_rows_figure(
+    test.array(hidden_meme),
+    [
+        (
+            f"{name}\nmeme: {test.texts[hidden_meme]}",
+            [(f"n = {n}", example_maps[(experiment, stage, n)][main_group]) for n in strip],
+        )
+        for experiment, stage, name in (
+            ("2", "memes + alignment", "alignment"),
+            ("3", "memes + self-learning + alignment", "self-learning"),
+        )
+    ],
+)
+report.glue("fig_cam_strip", fig)
+plt.close(fig)
+
+# %% [markdown]
+# ```{glue:figure} fig_cam_strip
+# :name: fig-cam-strip
+#
+# Grad-CAM of the "hateful" logit on one hidden-link hateful test meme (first seed), as the
+# number of auxiliary images per emblem grows: alignment alone (top; the source's Figure 10) and
+# with the self-learning step (bottom; the source's Figure 12).
+# ```
+#
+# On hidden-link hateful memes, the alignment moves the emblem's share of the map from
+# {glue:text}`cam_align0_emblem:.1f` % ($n = 0$) to {glue:text}`cam_align_max_emblem:.1f` %
+# ($n$ = {glue:text}`n_max:.0f`), and the caption's from {glue:text}`cam_align0_text:.1f` % to
+# {glue:text}`cam_align_max_text:.1f` %. With the self-learning step, the emblem's share goes
+# from {glue:text}`cam_chain0_emblem:.1f` % to {glue:text}`cam_chain_max_emblem:.1f` % and the
+# caption's from {glue:text}`cam_chain0_text:.1f` % to {glue:text}`cam_chain_max_text:.1f` %. The
+# source reported the attention drawn to the subject's head as $n$ went from 2 to 8 (alignment),
+# and onto the word "gas" after the self-learning step.
+
+# %%
+report.glue("minutes", (time.perf_counter() - start) / 60)
+report.glue("n_runs", n_runs)
+
+# %% [markdown]
+# ## What this shows, and its limits
+#
+# PLACEHOLDER
+#
+# The chapter ran {glue:text}`n_runs:.0f` finetuning runs in {glue:text}`minutes:.1f` minutes.

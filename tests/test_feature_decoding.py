@@ -1,0 +1,190 @@
+"""Tests for clipnb.feature_decoding (the study 'What frozen features contain').
+
+The issue's own checks (the tower is unchanged after decoder training, the EMA codebook update
+matches its formula, mIoU is 1 for a perfect and 0 for a disjoint prediction) live in
+tests/test_decoders.py; here: the study's data helpers and the validation-chosen training step.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torchvision import transforms as T
+
+import clipnb
+from clipnb.data import array_imageset
+from clipnb.decoders import VQVAE, SegmentationDecoder, train_decoder, vqvae_loss
+from clipnb.feature_decoding import (
+    fit_on_validation,
+    mask_geometry,
+    pixel_tensors,
+    segmentation_scores,
+    segmentation_targets,
+    spatial_feature_cache,
+    vqvae_scores,
+)
+from clipnb.spatial import spatial_features
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tiny_bundle() -> clipnb.ClipBundle:
+    torch.manual_seed(0)
+    return clipnb.create_model("clipnb-ViT-tiny", pretrained=None)
+
+
+@pytest.fixture(scope="module")
+def world_split() -> clipnb.ImageSet:
+    return clipnb.load_dataset("world-shape-photo", per_class=(2, 1, 1)).train
+
+
+def _snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def test_spatial_feature_cache_runs_tower_once_and_keeps_it_frozen(
+    tiny_bundle, world_split, fresh_cache, monkeypatch
+) -> None:
+    before = _snapshot(tiny_bundle.visual)
+    feats = spatial_feature_cache(tiny_bundle, world_split, batch_size=5)
+    grid = tiny_bundle.visual.grid_size
+    assert feats.shape == (len(world_split), tiny_bundle.visual.transformer.width, *grid)
+    x = clipnb.features.image_tensors(tiny_bundle, world_split)
+    torch.testing.assert_close(feats, spatial_features(tiny_bundle.visual, x))
+    assert len(list((fresh_cache / "features" / "spatial").glob("*.pt"))) == 1
+
+    # Second call: from the cache, the tower is not run again.
+    def boom(*args, **kwargs):
+        raise AssertionError("tower ran twice")
+
+    monkeypatch.setattr("clipnb.spatial.spatial_features", boom)
+    assert torch.equal(spatial_feature_cache(tiny_bundle, world_split), feats)
+    after = tiny_bundle.visual.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in before.items())
+
+    # Another tower (random init with other weights) gets its own cache entry.
+    torch.manual_seed(1)
+    other = clipnb.create_model("clipnb-ViT-tiny", pretrained=None)
+    monkeypatch.undo()
+    assert not torch.equal(spatial_feature_cache(other, world_split), feats)
+
+
+def test_world_segmentation_targets_are_mask_times_label_plus_one(tiny_bundle, world_split):
+    targets, names = segmentation_targets(tiny_bundle, world_split)
+    assert names == ["background", *world_split.class_names]
+    assert targets.dtype == torch.int64 and targets.shape == world_split.masks.shape
+    for i in range(len(world_split)):
+        mask = torch.from_numpy(world_split.masks[i].astype(np.int64))
+        assert torch.equal(targets[i], mask * (int(world_split.labels[i]) + 1))
+        assert set(targets[i].unique().tolist()) == {0, int(world_split.labels[i]) + 1}
+
+
+def test_trimap_targets_follow_the_image_geometry(tiny_bundle) -> None:
+    """A non-square pet image: trimap 1/2/3 -> pet/background/border, resized and cropped."""
+    image = np.zeros((40, 64, 3), dtype=np.uint8)
+    raw = np.full((40, 64), 2, dtype=np.uint8)  # background
+    raw[10:30, 20:44] = 3  # border ring
+    raw[12:28, 22:42] = 1  # pet
+    split = array_imageset(
+        "pets/train", image[None], np.array([0]), ["cat"], ["pets-fixture"],
+        meta={"trimap": lambda i: raw},
+    )  # fmt: skip
+    targets, names = segmentation_targets(tiny_bundle, split)
+    assert names == ["background", "pet", "border"]
+    assert targets.shape == (1, 32, 32)  # Resize(32) on the short side, CenterCrop(32)
+    nearest = T.Resize(32, T.InterpolationMode.NEAREST)
+    expected = np.asarray(T.CenterCrop(32)(nearest(Image.fromarray(raw))))
+    lookup = np.array([0, 1, 0, 2])
+    assert np.array_equal(targets[0].numpy(), lookup[expected])
+    assert set(targets.unique().tolist()) == {0, 1, 2}
+    plain = array_imageset("plain", image[None], np.array([0]), ["cat"], ["plain-fixture"])
+    with pytest.raises(ValueError, match="neither object masks nor trimaps"):
+        segmentation_targets(tiny_bundle, plain)
+
+
+def test_mask_geometry_identity_and_errors() -> None:
+    mask = np.arange(16, dtype=np.uint8).reshape(4, 4)
+    prep = T.Compose([T.Resize(4), T.CenterCrop(4), T.ToTensor()])
+    assert np.array_equal(mask_geometry(prep, mask), mask)
+    assert mask_geometry(T.Compose([T.Resize(8)]), mask).shape == (8, 8)
+    with pytest.raises(ValueError, match="random crop"):
+        mask_geometry(T.Compose([T.RandomCrop(2)]), mask)
+    with pytest.raises(ValueError, match=r"\[H, W\]"):
+        mask_geometry(prep, mask[None])
+
+
+def test_pixel_tensors(world_split) -> None:
+    pix = pixel_tensors(world_split, 32)
+    assert pix.shape == (len(world_split), 3, 32, 32)
+    assert torch.equal(pix[0], torch.from_numpy(world_split.images[0]).permute(2, 0, 1) / 255.0)
+    assert pixel_tensors(world_split, 16).shape[-1] == 16
+
+
+def _toy() -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(5)
+    feats = torch.randn(12, 6, 4, 4, generator=gen)
+    labels = (F.interpolate(feats[:, :1], size=16, mode="nearest")[:, 0] > 0).long()
+    return feats, labels
+
+
+def test_fit_on_validation_restores_the_best_validation_step() -> None:
+    feats, labels = _toy()
+    train, val = (feats[:8], labels[:8]), (feats[8:], labels[8:])
+    torch.manual_seed(0)
+    model = SegmentationDecoder(6, 2, 4, 16, hidden=8)
+    init = _snapshot(model)
+    hist = fit_on_validation(model, train, val, F.cross_entropy, steps=12, eval_every=3, lr=0.05,
+                             batch_size=4, seed=0, progress=False)  # fmt: skip
+    assert hist["val_step"] == [3, 6, 9, 12]
+    best = int(np.argmin(hist["val_loss"]))
+    assert hist["best_step"] == hist["val_step"][best]
+    assert hist["best_val_loss"] == pytest.approx(min(hist["val_loss"]))
+    assert not model.training
+    # The restored model scores exactly the chosen validation loss (weights and BN statistics).
+    with torch.no_grad():
+        assert float(F.cross_entropy(model(val[0]), val[1])) == pytest.approx(
+            hist["best_val_loss"], rel=1e-5
+        )
+    # Replaying plain training up to the chosen step gives the same weights.
+    replay = SegmentationDecoder(6, 2, 4, 16, hidden=8)
+    replay.load_state_dict(init)
+    train_decoder(replay, *train, F.cross_entropy, steps=hist["best_step"], lr=0.05,
+                  batch_size=4, seed=0, progress=False)  # fmt: skip
+    for key, value in replay.state_dict().items():
+        torch.testing.assert_close(model.state_dict()[key], value)
+
+
+def test_scores() -> None:
+    feats, labels = _toy()
+    torch.manual_seed(0)
+    model = SegmentationDecoder(6, 2, 4, 16, hidden=8)
+    scores = segmentation_scores(model, feats, labels, n_classes=2, batch_size=5)
+    with torch.no_grad():
+        logits = model(feats)
+    assert scores["loss"] == pytest.approx(float(F.cross_entropy(logits, labels)), rel=1e-5)
+    assert scores["pixel_acc"] == pytest.approx(
+        100 * float((logits.argmax(1) == labels).float().mean())
+    )
+    assert 0.0 <= scores["miou"] <= 100.0
+
+    images = torch.rand(6, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    vq = VQVAE(6, 4, 16, n_codes=4, code_dim=3, hidden=8).eval()
+    vq.quantizer.initialised.fill_(True)
+    out = vqvae_scores(vq, feats[:6], images, batch_size=4)
+    with torch.no_grad():
+        recon, vq_loss, codes = vq(feats[:6])
+    assert out["loss"] == pytest.approx(
+        float(vqvae_loss((recon, vq_loss, codes), images)), rel=1e-5
+    )
+    assert out["mse"] == pytest.approx(float(F.mse_loss(recon, images)), rel=1e-5)
+    assert 1.0 <= out["perplexity"] <= 4.0
