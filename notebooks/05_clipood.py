@@ -40,12 +40,12 @@ dg_options = {"per_class": [16, 8, 32]}
 b2n_datasets = ["world-shape-photo"]
 b2n_shots = 16
 seeds = [0, 1, 2]
-steps = [30]
-lrs = [0.0003]
+steps = [40]
+lrs = [0.0001]
 margins = [0.0, 0.3, 1.0]
 betas = [0.5, 1.0, 2.0]
 ema_decay = 0.9
-batch_size = 32
+batch_size = 16
 curve_domain = "sketch"
 curve_points = 5
 
