@@ -189,15 +189,20 @@ def plot_val_curves(
     curves: Mapping[str, Sequence[HeadTraining]],
     zero_shot_val: float | None = None,
     title: str = "",
+    ax=None,
 ):
     """Validation accuracy per epoch: a thin line per seed, the mean bold, each chosen epoch dotted.
 
     ``curves`` maps a label (e.g. the initialisation) to the training records of several seeds;
-    ``zero_shot_val`` draws zero-shot validation accuracy as a dashed line.
+    ``zero_shot_val`` draws zero-shot validation accuracy as a dashed line. Draws on ``ax`` when
+    given (for multi-panel figures), else on a new figure; returns the figure.
     """
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    else:
+        fig = ax.figure
     for i, (label, records) in enumerate(curves.items()):
         colour = f"C{i}"
         lengths = {len(r.val_accuracy) for r in records}
@@ -214,5 +219,4 @@ def plot_val_curves(
         ax.axhline(zero_shot_val, ls="--", color="black", lw=1, label="zero-shot")
     ax.set(xlabel="epoch (0 = initial head)", ylabel="validation accuracy (%)", title=title)
     ax.legend(fontsize=8)
-    fig.tight_layout()
     return fig

@@ -107,6 +107,15 @@ def _device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
+@torch.no_grad()
+def _encode_text(model: nn.Module, tokens: torch.Tensor, batch: int = 512) -> torch.Tensor:
+    """Normalised text embeddings of many token rows, in chunks (no gradient)."""
+    chunks = [
+        model.encode_text(tokens[i : i + batch]).float() for i in range(0, len(tokens), batch)
+    ]
+    return F.normalize(torch.cat(chunks), dim=-1)
+
+
 def _bundle(bundle: ClipBundle, model: nn.Module, tag: str) -> ClipBundle:
     """``model`` behind ``bundle``'s preprocessing and tokenizer."""
     return ClipBundle(
@@ -142,8 +151,7 @@ class MemeClassifier:
         """Normalised embeddings of distinct strings."""
         unique = sorted(set(texts))
         model = self.bundle.model.eval()
-        tokens = self.bundle.tokenize(unique).to(_device(model))
-        feats = F.normalize(model.encode_text(tokens).float(), dim=-1).cpu()
+        feats = _encode_text(model, self.bundle.tokenize(unique).to(_device(model))).cpu()
         return dict(zip(unique, feats, strict=True))
 
     def candidate_features(self, split: ImageSet) -> torch.Tensor:
@@ -390,11 +398,7 @@ def finetune_memes(
     if token_rows and TokenRows.applies(model):
         rows = TokenRows(model, tokens)
         trainable = [p for p in trainable if p is not rows.embedding.weight] + [rows.delta]
-    frozen_text = None
-    if not text_trains:
-        with torch.no_grad():
-            frozen_text = F.normalize(model.encode_text(tokens).float(), dim=-1)
-    pixels = image_tensors(bundle, train).to(device) if image_trains else None
+    frozen_text = None if text_trains else _encode_text(model, tokens)
     train_feats = None if image_trains else base.image_features(train).to(device)
     aux_feats = base.image_features(aux).to(device) if aux is not None else None
     labels = torch.as_tensor(train.labels, device=device)
@@ -440,8 +444,9 @@ def finetune_memes(
             )
         else:
             text = frozen_text
-        if image_trains:
-            img = F.normalize(model.encode_image(pixels[idx]).float(), dim=-1)
+        if image_trains:  # preprocess only this step's images (full-size sets do not fit memory)
+            pixels = image_tensors(bundle, train, idx.numpy()).to(device)
+            img = F.normalize(model.encode_image(pixels).float(), dim=-1)
         else:
             img = train_feats[idx]
         logits = scale * torch.einsum("bd,bcd->bc", img, text[texts.memes[idx]])
@@ -574,6 +579,8 @@ def plot_over_n(
             for value, suffix, ls in values:
                 marker = "o" if ls == "-" else "s"
                 _curves(ax, part, value, colour, f"{label}{suffix}", ls=ls, marker=marker)
+        if len(frame):
+            ax.set_xticks(sorted(frame["n"].unique()))
         if chance is not None:
             ax.axhline(chance, color="grey", ls=":")
         ax.set(xlabel="auxiliary images per emblem, n", ylabel=ylabel, title=title)

@@ -329,7 +329,7 @@ def selected_settings(selected: Mapping[str, tuple[TrialConfig, str]]) -> pd.Dat
 def trajectory(
     bundle: ClipBundle,
     train: ImageSet,
-    eval_set: ImageSet,
+    eval_sets: Mapping[str, ImageSet],
     config: TrialConfig,
     *,
     beta: float,
@@ -337,9 +337,10 @@ def trajectory(
     batch_size: int,
     every: int,
 ) -> pd.DataFrame:
-    """Accuracy on ``eval_set`` every ``every`` steps for the raw model, its EMA and its BMA.
+    """Accuracy on each of ``eval_sets`` every ``every`` steps: the raw model, its EMA and its BMA.
 
-    Step 0 is the pretrained model (all three coincide). Columns: step, model, accuracy.
+    The sets must share the training classes. Step 0 is the pretrained model (all three
+    coincide). Columns: step, model, split, accuracy.
     """
     seed_everything(config.seed)
     averagers = {
@@ -357,14 +358,21 @@ def trajectory(
         seed=config.seed,
         loss_fn=mms_loss(config.margin),
         averager=averagers,
-        eval_sets={"eval": eval_set},
+        eval_sets=dict(eval_sets),
         eval_every=every,
     )
-    start = Evaluator(bundle, {"eval": eval_set}).score(bundle.model)["eval"]
-    rows = [{"step": 0, "model": m, "accuracy": start} for m in ("raw", "EMA", "BMA")]
+    rows = [
+        {"step": 0, "model": m, "split": name, "accuracy": acc}
+        for name, acc in Evaluator(bundle, eval_sets).score(bundle.model).items()
+        for m in ("raw", *averagers)
+    ]
     for step, scores in result.evals:
-        rows.append({"step": step, "model": "raw", "accuracy": scores["eval"]})
-        rows += [{"step": step, "model": k, "accuracy": scores[f"eval/{k}"]} for k in averagers]
+        for name in eval_sets:
+            rows.append({"step": step, "model": "raw", "split": name, "accuracy": scores[name]})
+            rows += [
+                {"step": step, "model": k, "split": name, "accuracy": scores[f"{name}/{k}"]}
+                for k in averagers
+            ]
     return pd.DataFrame(rows)
 
 
@@ -437,4 +445,18 @@ def settings_table(selected: Mapping[str, Mapping[str, tuple[TrialConfig, str]]]
             }
             for column, per_method in selected.items()
         }
+    )
+
+
+def selected_scores(
+    grid: pd.DataFrame, selected: Mapping[str, tuple[TrialConfig, str]], split: str = "val"
+) -> pd.Series:
+    """Each method's seed-0 accuracy on ``split`` at the settings it chose (indexed by method)."""
+    scores = grid.set_index(["steps", "lr", "margin", "member", "split"])["accuracy"]
+    return pd.Series(
+        {
+            method: float(scores[(c.steps, c.lr, c.margin, member, split)])
+            for method, (c, member) in selected.items()
+        },
+        name=split,
     )

@@ -38,11 +38,14 @@ from .utils import atomic_torch_save, cache_dir, file_hash, stable_hash
 __all__ = [
     "PET_TRIMAP_CLASSES",
     "fit_on_validation",
+    "label_map_grid",
     "mask_geometry",
     "pixel_tensors",
+    "plot_curves",
     "segmentation_scores",
     "segmentation_targets",
     "spatial_feature_cache",
+    "to_uint8_images",
     "vqvae_scores",
 ]
 
@@ -245,3 +248,69 @@ def segmentation_scores(
         "miou": 100.0 * miou(pred, targets, n_classes),
         "pixel_acc": 100.0 * float((pred.long() == targets).double().mean()),
     }
+
+
+# --------------------------------------------------------------------------- figures
+
+
+def to_uint8_images(images: Tensor) -> list[np.ndarray]:
+    """``[N, 3, H, W]`` floats in ``[0, 1]`` -> a list of uint8 ``[H, W, 3]`` arrays (for figures)."""
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"expected [N, 3, H, W] images, got {tuple(images.shape)}")
+    arrays = images.detach().float().cpu().clamp(0, 1).mul(255).round().byte()
+    return list(arrays.permute(0, 2, 3, 1).numpy())
+
+
+def plot_curves(ax: Any, records: list[dict[str, Any]], key: str, value: str = "val loss") -> None:
+    """Mean ± std over seeds of ``value`` against ``step``, one line per ``key`` (first-seen order)."""
+    import pandas as pd
+
+    stats = (
+        pd.DataFrame.from_records(records)
+        .groupby([key, "step"], sort=False)[value]
+        .agg(["mean", "std"])
+        .reset_index()
+    )
+    for i, (name, part) in enumerate(stats.groupby(key, sort=False)):
+        spread = part["std"].fillna(0.0)
+        ax.plot(part["step"], part["mean"], color=f"C{i}", label=name)
+        ax.fill_between(
+            part["step"], part["mean"] - spread, part["mean"] + spread, color=f"C{i}", alpha=0.2
+        )
+
+
+def label_map_grid(
+    images: list[np.ndarray],
+    maps: dict[str, Tensor],
+    class_names: list[str],
+    size: float = 1.2,
+) -> Any:
+    """A figure: the images in the top row, then one row of label maps ``[N, H, W]`` per entry.
+
+    Classes share one colour each across rows (tab10/tab20), with a legend of ``class_names``.
+    """
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    n, n_classes = len(images), len(class_names)
+    cmap = plt.get_cmap("tab10" if n_classes <= 10 else "tab20", max(n_classes, 2))
+    rows = [("image", None), *maps.items()]
+    fig, axes = plt.subplots(
+        len(rows), n, figsize=(size * n, (size + 0.25) * len(rows) + 0.4), squeeze=False
+    )
+    for r, (label, labels) in enumerate(rows):
+        for j in range(n):
+            ax = axes[r, j]
+            if labels is None:
+                ax.imshow(images[j], interpolation="nearest")
+            else:
+                ax.imshow(labels[j].cpu().numpy(), cmap=cmap, vmin=0, vmax=cmap.N - 1,
+                          interpolation="nearest")  # fmt: skip
+            ax.axis("off")
+        axes[r, 0].set_title(label, fontsize=7, loc="left")
+    handles = [Patch(color=cmap(k), label=name) for k, name in enumerate(class_names)]
+    ncol = min(n_classes, n + 1)
+    legend_rows = -(-n_classes // ncol)
+    fig.legend(handles=handles, loc="lower center", ncol=ncol, fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, min(0.3, 0.035 * legend_rows * 5 / len(rows)), 1, 1))
+    return fig

@@ -416,6 +416,25 @@ register_dataset(
 )
 
 
+def without_caption(split: ImageSet, grey: int = 128) -> ImageSet:
+    """The same memes with the caption band painted flat grey: what the emblem alone shows."""
+    images = np.asarray(split.images).copy()
+    _, y0, _, _ = text_box(images.shape[1])
+    images[:, y0:] = grey
+    masks = None if split.masks is None else np.where(split.masks == MASK_TEXT, 0, split.masks)
+    return array_imageset(
+        f"{split.name}/no-caption",
+        images,
+        split.labels,
+        split.class_names,
+        [split.fingerprint, "no-caption", grey],
+        masks=masks,
+        domains=split.domains,
+        texts=split.texts,
+        meta=dict(split.meta),
+    )
+
+
 # --- per-meme facts and auxiliary data ---------------------------------------------------------------
 
 

@@ -11,7 +11,7 @@ import fcntl
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -136,6 +136,27 @@ def heldout_batch(config: PretrainConfig) -> world.CaptionedBatch:
     )
 
 
+def _scheduled_batches(
+    config: PretrainConfig, opt: torch.optim.Optimizer, steps: Iterable[int]
+) -> Iterator[tuple[int, world.CaptionedBatch]]:
+    """Each step's world batch, after setting the warm-up + cosine learning rate for that step.
+
+    Both towers (CLIP and the supervised twin) see the same images in the same order.
+    """
+    for step in steps:
+        for group in opt.param_groups:
+            group["lr"] = cosine_lr(step, config.lr, config.warmup_steps, config.steps)
+        yield (
+            step,
+            world.generate_captioned(
+                config.batch_size,
+                seed=_batch_seed(config, step),
+                styles=config.styles,
+                image_size=config.image_size,
+            ),
+        )
+
+
 def clip_step_loss(
     bundle: ClipBundle, images: torch.Tensor, texts: torch.Tensor, loss_fn: ClipLoss
 ) -> torch.Tensor:
@@ -159,15 +180,7 @@ def pretrain(config: PretrainConfig, progress: bool = True) -> tuple[ClipBundle,
     bar = tqdm(
         range(config.steps), desc=f"pretrain {config.model}", disable=not progress, mininterval=2
     )
-    for step in bar:
-        batch = world.generate_captioned(
-            config.batch_size,
-            seed=_batch_seed(config, step),
-            styles=config.styles,
-            image_size=config.image_size,
-        )
-        for group in opt.param_groups:
-            group["lr"] = cosine_lr(step, config.lr, config.warmup_steps, config.steps)
+    for step, batch in _scheduled_batches(config, opt, bar):
         loss = clip_step_loss(
             bundle, to_tensor(batch.images, bundle), bundle.tokenize(batch.captions), loss_fn
         )
@@ -316,15 +329,7 @@ def pretrain_supervised(
     bar = tqdm(
         range(config.steps), desc=f"supervised {config.model}", disable=not progress, mininterval=2
     )
-    for step in bar:
-        batch = world.generate_captioned(
-            config.batch_size,
-            seed=_batch_seed(config, step),
-            styles=config.styles,
-            image_size=config.image_size,
-        )
-        for group in opt.param_groups:
-            group["lr"] = cosine_lr(step, config.lr, config.warmup_steps, config.steps)
+    for step, batch in _scheduled_batches(config, opt, bar):
         logits = head(F.normalize(visual(to_tensor(batch.images, bundle)), dim=-1) * 10.0)
         loss = F.binary_cross_entropy_with_logits(logits, scene_targets(batch.scenes))
         opt.zero_grad(set_to_none=True)

@@ -144,7 +144,7 @@ clip_probe = results[(results["features"] == "clip") & (results["shots"] == "all
     "dataset"
 )
 table = report.mean_std_table(full, "dataset", "column")
-table.insert(3, "C (CLIP probe)", [f"{clip_probe.loc[d, 'C']:.3g}" for d in table.index])
+table.insert(3, "C (CLIP probe)", [f"{clip_probe.loc[d, 'C']:.4g}" for d in table.index])
 table["chance"] = [f"{100 / len(loaded[d].class_names):.1f}" for d in table.index]
 table["reference zero-shot (ViT-B/32)"] = [
     "—" if reference.reference_for(d) is None else f"{reference.reference_for(d):.1f}"
@@ -189,41 +189,79 @@ def cell(dataset: str, column: str) -> float:
 
 
 best_baseline = means[baseline_cols].max(axis=1)
+zs_best = means[["zero-shot, 1 prompt", "zero-shot, 80 prompts"]].max(axis=1)
 for key, d in (("focus", focus_dataset), ("contrast", contrast_dataset)):
     report.glue(f"zs_{key}_single", cell(d, "zero-shot, 1 prompt"))
     report.glue(f"zs_{key}_ensemble", cell(d, "zero-shot, 80 prompts"))
     report.glue(f"probe_{key}", cell(d, "CLIP probe"))
     report.glue(f"probe_{key}_C", clip_probe.loc[d, "C"])
     report.glue(f"baseline_{key}", best_baseline[d])
-    for b in ("supervised", "pixels", "resnet50"):
-        col = f"{backbones.backbone_label(b)} probe"
-        report.glue(f"{b}_{key}", cell(d, col) if col in means else float("nan"))
+    report.glue(f"chance_{key}", 100 / len(loaded[d].class_names))
+# Per-baseline numbers (NaN when a profile does not run that baseline).
+for b in ("supervised", "pixels", "resnet50"):
+    col = f"{backbones.backbone_label(b)} probe"
+    present = col in means
+    for key, d in (("focus", focus_dataset), ("contrast", contrast_dataset)):
+        report.glue(f"{b}_{key}", cell(d, col) if present else float("nan"))
+    wins = float((means[col] > means["CLIP probe"]).sum()) if present else float("nan")
+    report.glue(f"n_{b}_beats_clip", wins)
 ensemble_gain = means["zero-shot, 80 prompts"] - means["zero-shot, 1 prompt"]
 report.glue("ensemble_gain_mean", ensemble_gain.mean())
 report.glue("ensemble_gain_min", ensemble_gain.min())
 report.glue("ensemble_gain_max", ensemble_gain.max())
-zs_best = means[["zero-shot, 1 prompt", "zero-shot, 80 prompts"]].max(axis=1)
 report.glue("probe_gain_mean", (means["CLIP probe"] - zs_best).mean())
-report.glue("clip_vs_baseline_mean", (means["CLIP probe"] - best_baseline).mean())
-report.glue("n_clip_beats_baseline", float((means["CLIP probe"] > best_baseline).sum()))
+report.glue("n_probe_beats_zs", float((means["CLIP probe"] > zs_best).sum()))
 report.glue("n_datasets", len(datasets))
 report.glue("n_c_0316", float(np.isclose(clip_probe["C"], 0.316, rtol=0.01).sum()))
+report.glue("c_chosen_min", clip_probe["C"].min())
+report.glue("c_chosen_max", clip_probe["C"].max())
 
 # %% [markdown]
 # ```{glue:figure} fig_baselines
 # :name: fig-baselines
 #
-# The same numbers as the table: zero-shot with one prompt and with the ensemble, and the linear
+# The numbers of the table: zero-shot with one prompt and with the ensemble, and the linear
 # probe on the full train split for CLIP's features and for each baseline model.
 # ```
 #
-# On the handwritten digits (`{glue:text}`n_datasets:.0f` datasets in all), zero-shot reaches
-# {glue:text}`zs_focus_single:.1f` % with one prompt and {glue:text}`zs_focus_ensemble:.1f` % with
-# the ensemble, while a probe on the same CLIP features reaches {glue:text}`probe_focus:.1f` %
-# (C = {glue:text}`probe_focus_C:.3g`) and the best baseline probe
-# {glue:text}`baseline_focus:.1f` %. On world shapes in the photo style, zero-shot reaches
-# {glue:text}`zs_contrast_single:.1f` % / {glue:text}`zs_contrast_ensemble:.1f` % and the CLIP
-# probe {glue:text}`probe_contrast:.1f` %.
+# **Zero-shot.** On the out-of-distribution digits (scikit-learn's handwritten digits here, MNIST
+# in the `full` profile) zero-shot reaches {glue:text}`zs_focus_single:.1f` % with one prompt and
+# {glue:text}`zs_focus_ensemble:.1f` % with the ensemble (chance {glue:text}`chance_focus:.0f` %).
+# On world shapes in photos, a task the captions do teach, it reaches
+# {glue:text}`zs_contrast_single:.1f` % and {glue:text}`zs_contrast_ensemble:.1f` % (chance
+# {glue:text}`chance_contrast:.1f` %). The table gives the other tasks; the previous chapter
+# explains why colour is easy for this model and shapes and digits are not.
+#
+# **Prompt ensemble.** Averaged over the {glue:text}`n_datasets:.0f` datasets the ensemble changes
+# zero-shot accuracy by {glue:text}`ensemble_gain_mean:+.1f` points (from
+# {glue:text}`ensemble_gain_min:+.1f` to {glue:text}`ensemble_gain_max:+.1f`). For real CLIP the
+# 80 templates are worth several points on MNIST, CIFAR and Food101. The embedded CLIP's captions
+# come from a few templates about shapes, colours and positions; words such as "tattoo",
+# "origami" or "video game" never occurred in them, so for this model most of the 80 templates add
+# noise rather than views of the class.
+#
+# **Linear probe.** A probe on the same frozen features beats the better of the two zero-shot
+# classifiers on {glue:text}`n_probe_beats_zs:.0f` of the {glue:text}`n_datasets:.0f` datasets, by
+# {glue:text}`probe_gain_mean:.1f` points on average. On the digits it goes from
+# {glue:text}`zs_focus_ensemble:.1f` % to {glue:text}`probe_focus:.1f` % (C =
+# {glue:text}`probe_focus_C:.4g`). The image features separate the digits; what zero-shot lacks is
+# the link from those features to the words "zero" to "nine", which is the source's reading of
+# MNIST as a "domain of symbol" outside CLIP's training distribution. The chosen C ranges from
+# {glue:text}`c_chosen_min:.4g` to {glue:text}`c_chosen_max:.4g` across datasets and equals the
+# source's 0.316 on {glue:text}`n_c_0316:.0f` of them: the best regularisation depends on the
+# dataset, so the sweep is needed.
+#
+# **Models without language.** The source's Table 1 set CLIP's zero-shot beside a ResNet50 probe
+# and found MNIST the extreme case (32.63 % against 94.54 %). Here, in the embedded profile, raw
+# pixels alone give a probe at {glue:text}`pixels_focus:.1f` % on the handwritten digits, against
+# {glue:text}`probe_focus:.1f` % for CLIP's features. The label-supervised tower (same
+# architecture, same images and steps as CLIP, trained on the world's shape, digit and colour
+# names instead of captions) gives better probe features than CLIP on
+# {glue:text}`n_supervised_beats_clip:.0f` of the {glue:text}`n_datasets:.0f` datasets, e.g.
+# {glue:text}`supervised_contrast:.1f` % against {glue:text}`probe_contrast:.1f` % on photo
+# shapes, and {glue:text}`supervised_focus:.1f` % on the handwritten digits. Its labels are
+# exactly the world's class names, while CLIP had to find them in templated captions within the
+# same budget; at this scale, captions bought zero-shot transfer, not better image features.
 #
 # ## The probe with few examples
 #
@@ -251,8 +289,13 @@ kshot
 # %% [markdown]
 # With {glue:text}`min_shots:.0f` example per class the probe reaches
 # {glue:text}`probe_focus_1shot:.1f` % on the handwritten digits and
-# {glue:text}`probe_contrast_1shot:.1f` % on photo shapes; it is below the zero-shot ensemble on
-# {glue:text}`n_1shot_below_zs:.0f` of the {glue:text}`n_datasets:.0f` datasets at that size.
+# {glue:text}`probe_contrast_1shot:.1f` % on photo shapes, and it is below the zero-shot ensemble
+# on {glue:text}`n_1shot_below_zs:.0f` of the {glue:text}`n_datasets:.0f` datasets. In this
+# profile those are the photo-style tasks, the ones the captions taught: there one example per
+# class is worth less than the class name, the effect the CLIP paper reported for real CLIP at 1–2
+# shots. On the held-out sketch style and the handwritten digits, where zero-shot is weak, even
+# one labelled example helps. The next chapter asks whether starting the classifier at zero-shot
+# removes the dip.
 #
 # ## The "label probs" example
 #

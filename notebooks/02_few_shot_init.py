@@ -29,16 +29,16 @@
 
 # %% tags=["parameters"]
 profile = "embedded"
-datasets = ["digits", "world-shape-photo", "world-shape-sketch"]
+datasets = ["digits", "world-shape-photo"]
 world_per_class = [32, 16, 64]
 shots = [1, 2, 4, 8, 16]
 seeds = [0, 1, 2]
 prompt = "single"
 epochs = 100
-lrs = [0.001, 0.01, 0.1]
+lrs = [0.03, 0.3]
 focus_dataset = "digits"
-curve_dataset = "digits"
-curve_lr = 0.01
+contrast_dataset = "world-shape-photo"
+curve_lr = 0.03
 curve_epochs = 100
 
 # %%
@@ -91,7 +91,7 @@ report.glue("lr_max", max(lrs))
 #
 # and at zero steps the second one *is* the zero-shot classifier. Each head trains for
 # {glue:text}`epochs:.0f` epochs (full batch at these sizes, so one step per epoch) at learning
-# rates from {glue:text}`lr_min:.3f` to {glue:text}`lr_max:.1f`; the learning rate and the epoch
+# rates from {glue:text}`lr_min:.2g` to {glue:text}`lr_max:.2g`; the learning rate and the epoch
 # (epoch 0, the initial head, included) are chosen on the validation split, and the test split is
 # read once per number. Beside them: logistic regression (C chosen on validation, as in the
 # previous chapter) and zero-shot. Shots are drawn per seed ({glue:text}`n_seeds:.0f` seeds).
@@ -165,15 +165,19 @@ for m, key in (
 ):
     report.glue(f"n_{key}_below_zs", float(below[m].to_numpy().sum()))
     report.glue(f"n_{key}_below_zs_small", float(below[m][small].to_numpy().sum()))
-    report.glue(f"{key}_focus_1shot", means.loc[(focus_dataset, m), shots[0]])
-    report.glue(f"{key}_focus_max", means.loc[(focus_dataset, m), shots[-1]])
+    for where, d in (("focus", focus_dataset), ("contrast", contrast_dataset)):
+        report.glue(f"{key}_{where}_1shot", means.loc[(d, m), shots[0]])
+        report.glue(f"{key}_{where}_max", means.loc[(d, m), shots[-1]])
 report.glue("zs_focus", zs.loc[focus_dataset, shots[0]])
+report.glue("zs_contrast", zs.loc[contrast_dataset, shots[0]])
+top = results[results["shots"] == shots[-1]].groupby(["dataset", "method"])["epoch"].mean()
+report.glue("chosen_epoch_focus_max", top[(focus_dataset, "random init")])
 report.glue("max_shots", shots[-1])
 gain = means.xs("zero-shot init", level="method") - zs
 report.glue("zsinit_gain_1shot_mean", gain[shots[0]].mean())
 report.glue("zsinit_gain_max_mean", gain[shots[-1]].mean())
 worst = (means.xs("zero-shot init", level="method") - zs).min().min()
-report.glue("zsinit_worst_vs_zs", worst)
+report.glue("zsinit_worst_vs_zs", max(0.0, -worst))
 
 # %% [markdown]
 # ```{glue:figure} fig_shots
@@ -185,73 +189,99 @@ report.glue("zsinit_worst_vs_zs", worst)
 # zero-shot.
 # ```
 #
-# On the out-of-distribution digits (scikit-learn's handwritten digits here, MNIST in the `full`
-# profile), zero-shot is at {glue:text}`zs_focus:.1f` %. With one example per
-# class the random-init head reaches {glue:text}`random_focus_1shot:.1f` %, logistic regression
-# {glue:text}`logreg_focus_1shot:.1f` % and the zero-shot-initialised head
-# {glue:text}`zsinit_focus_1shot:.1f` %; at {glue:text}`max_shots:.0f` shots they reach
-# {glue:text}`random_focus_max:.1f` %, {glue:text}`logreg_focus_max:.1f` % and
-# {glue:text}`zsinit_focus_max:.1f` %. Over all {glue:text}`n_cells:.0f` (dataset, shots) cells,
-# the random-init head is below zero-shot in {glue:text}`n_random_below_zs:.0f`
-# ({glue:text}`n_random_below_zs_small:.0f` of the {glue:text}`n_small_cells:.0f` cells at 1–2
-# shots), and the zero-shot-initialised head in {glue:text}`n_zsinit_below_zs:.0f` (its worst
-# cell is {glue:text}`zsinit_worst_vs_zs:.1f` points from zero-shot).
+# **Where zero-shot works** (world shapes in photos here; CIFAR-100 in the `full` profile), the
+# source's claim holds on this model. Zero-shot is at {glue:text}`zs_contrast:.1f` %; with one
+# example per class the random-init head reaches only {glue:text}`random_contrast_1shot:.1f` % and
+# logistic regression {glue:text}`logreg_contrast_1shot:.1f` %, and at
+# {glue:text}`max_shots:.0f` shots they are at {glue:text}`random_contrast_max:.1f` % and
+# {glue:text}`logreg_contrast_max:.1f` %. The zero-shot-initialised head starts at zero-shot and
+# stays there ({glue:text}`zsinit_contrast_1shot:.1f` % at one shot,
+# {glue:text}`zsinit_contrast_max:.1f` % at {glue:text}`max_shots:.0f`): it removes the dip, but
+# a few examples add little on top of the text.
+#
+# **Where zero-shot fails** (the out-of-distribution digits: scikit-learn's handwritten digits
+# here, MNIST in the `full` profile), there is no dip to remove. Zero-shot is at
+# {glue:text}`zs_focus:.1f` %, and with one example per class the random-init head reaches
+# {glue:text}`random_focus_1shot:.1f` %, logistic regression {glue:text}`logreg_focus_1shot:.1f` %
+# and the zero-shot-initialised head {glue:text}`zsinit_focus_1shot:.1f` % (the table gives the
+# spread over seeds, which is as large as the gaps between them). At {glue:text}`max_shots:.0f`
+# shots: {glue:text}`random_focus_max:.1f` %, {glue:text}`logreg_focus_max:.1f` % and
+# {glue:text}`zsinit_focus_max:.1f` %.
+#
+# Over all {glue:text}`n_cells:.0f` (dataset, shots) cells, the random-init head is below
+# zero-shot in {glue:text}`n_random_below_zs:.0f` ({glue:text}`n_random_below_zs_small:.0f` of the
+# {glue:text}`n_small_cells:.0f` cells at 1–2 shots) and the zero-shot-initialised head in
+# {glue:text}`n_zsinit_below_zs:.0f`, by at most {glue:text}`zsinit_worst_vs_zs:.1f` points: the
+# guard is on validation (epoch 0 is a candidate), so on test a trained epoch can still land
+# slightly below zero-shot.
 #
 # ## The one-shot overfitting curve
 #
-# The source trained its zero-shot-initialised head on one example per class and watched
-# validation accuracy fall almost from the first epoch. Here: the same head on
-# {glue:text}`curve_n_classes:.0f` examples (one per class) of the curve dataset, learning rate
-# {glue:text}`curve_lr:.3f`, {glue:text}`curve_epochs:.0f` epochs, one curve per seed, with the
-# random-init head for comparison; a dot marks the epoch that validation would choose.
+# The source trained its zero-shot-initialised head on one example per class of CIFAR-100, where
+# zero-shot is strong, and watched validation accuracy fall almost from the first epoch. Here the
+# same one-shot heads, learning rate {glue:text}`curve_lr:.2f`, {glue:text}`curve_epochs:.0f`
+# epochs, one curve per seed, on two datasets: one where zero-shot works (world shapes in the photo
+# style here; CIFAR-100 in the `full` profile) and the out-of-distribution digits, where it does
+# not. A dot marks the epoch that validation chooses.
 
 # %%
-curve_task = tasks[curve_dataset]
-curves = {"zero-shot init": [], "random init": []}
-for seed in seeds:
-    problem = fewshot.few_shot_problem(curve_task, 1, seed)
-    for init, runs in curves.items():
-        if init == "zero-shot init":
-            head = LinearHead.zero_shot(problem.class_weights, problem.logit_scale)
-        else:
-            head = LinearHead.random(problem.class_weights.shape[1], problem.n_classes, seed=seed)
-        args = (problem.train.x, problem.train.y, problem.val.x, problem.val.y)
-        runs.append(train_head(head, *args, epochs=curve_epochs, lr=curve_lr, seed=seed)[1])
-zs_val = accuracy(
-    zero_shot_logits(curve_task.val.x, curve_task.class_weights, curve_task.logit_scale),
-    curve_task.val.y,
-)
-fig = plot_val_curves(curves, zs_val, title=f"1-shot heads on {curve_dataset}")
+curves, curve_glue = {}, {}
+fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), sharey=False)
+for key, name, ax in (("contrast", contrast_dataset, axes[0]), ("focus", focus_dataset, axes[1])):
+    task = tasks[name]
+    runs = {"zero-shot init": [], "random init": []}
+    for seed in seeds:
+        problem = fewshot.few_shot_problem(task, 1, seed)
+        for init, done in runs.items():
+            if init == "zero-shot init":
+                head = LinearHead.zero_shot(problem.class_weights, problem.logit_scale)
+            else:
+                head = LinearHead.random(problem.class_weights.shape[1], problem.n_classes, seed)
+            split = (problem.train.x, problem.train.y, problem.val.x, problem.val.y)
+            done.append(train_head(head, *split, epochs=curve_epochs, lr=curve_lr, seed=seed)[1])
+    zs_val = accuracy(
+        zero_shot_logits(task.val.x, task.class_weights, task.logit_scale), task.val.y
+    )
+    plot_val_curves(runs, zs_val, title=f"1-shot heads, {name}", ax=ax)
+    zs_runs = runs["zero-shot init"]
+    report.glue(f"curve_{key}_zs_val", zs_val)
+    report.glue(f"curve_{key}_best_epoch", np.mean([r.best_epoch for r in zs_runs]))
+    report.glue(f"curve_{key}_best_val", np.mean([r.best_val for r in zs_runs]))
+    report.glue(f"curve_{key}_final_val", np.mean([r.val_accuracy[-1] for r in zs_runs]))
+    report.glue(
+        f"curve_{key}_epoch5", np.mean([r.val_accuracy[min(5, curve_epochs)] for r in zs_runs])
+    )
+fig.tight_layout()
 report.glue("fig_curve", fig)
 plt.close(fig)
-zs_runs = curves["zero-shot init"]
 report.glue("curve_lr", curve_lr)
 report.glue("curve_epochs", curve_epochs)
-report.glue("curve_n_classes", len(curve_task.class_names))
-report.glue("curve_zs_val", zs_val)
-report.glue("curve_best_epoch_mean", np.mean([r.best_epoch for r in zs_runs]))
-report.glue("curve_best_val_mean", np.mean([r.best_val for r in zs_runs]))
-report.glue("curve_final_val_mean", np.mean([r.val_accuracy[-1] for r in zs_runs]))
-report.glue(
-    "curve_epoch1_change", np.mean([r.val_accuracy[1] - r.val_accuracy[0] for r in zs_runs])
-)
-chosen = results[(results["method"] == "zero-shot init") & (results["shots"] == shots[0])]
-report.glue("chosen_epoch_1shot_mean", chosen["epoch"].mean())
+one_shot = results[(results["method"] == "zero-shot init") & (results["shots"] == shots[0])]
+for key, name in (("contrast", contrast_dataset), ("focus", focus_dataset)):
+    report.glue(f"chosen_epoch_{key}", one_shot.loc[one_shot["dataset"] == name, "epoch"].mean())
 
 # %% [markdown]
 # ```{glue:figure} fig_curve
 # :name: fig-overfitting-curve
 #
 # Validation accuracy per epoch of one-shot linear heads (thin: one seed each; bold: mean; dots:
-# the epoch chosen on validation); dashed: zero-shot. Epoch 0 is the initial head.
+# the epoch chosen on validation); dashed: zero-shot. Epoch 0 is the initial head. Left: a task
+# where zero-shot works; right: the out-of-distribution digits.
 # ```
 #
-# Starting from zero-shot validation accuracy ({glue:text}`curve_zs_val:.1f` %), the first epoch
-# changes it by {glue:text}`curve_epoch1_change:+.1f` points on average; the best epoch is
-# {glue:text}`curve_best_epoch_mean:.1f` on average (validation {glue:text}`curve_best_val_mean:.1f`
-# %), and after {glue:text}`curve_epochs:.0f` epochs validation accuracy is at
-# {glue:text}`curve_final_val_mean:.1f` %. In the shots experiment above, the epoch chosen on
-# validation for the one-shot zero-shot-initialised head is {glue:text}`chosen_epoch_1shot_mean:.1f`
+# Where zero-shot works (left), the zero-shot-initialised head starts at
+# {glue:text}`curve_contrast_zs_val:.1f` % validation accuracy, is at
+# {glue:text}`curve_contrast_epoch5:.1f` % after five epochs and ends at
+# {glue:text}`curve_contrast_final_val:.1f` % after {glue:text}`curve_epochs:.0f`; validation
+# chooses epoch {glue:text}`curve_contrast_best_epoch:.1f` on average. That is the source's
+# curve: one example per class pulls the classifier towards those particular images (the source's
+# "sleeping dog" for the class dog) and away from what the class name covers. On the digits
+# (right) the text knows almost nothing, so training has something to add: validation accuracy
+# climbs from {glue:text}`curve_focus_zs_val:.1f` % to {glue:text}`curve_focus_best_val:.1f` %
+# (best epoch {glue:text}`curve_focus_best_epoch:.1f` on average) and only then slides, to
+# {glue:text}`curve_focus_final_val:.1f` %. In the shots experiment, with the learning rate also
+# chosen on validation, the one-shot zero-shot-initialised head stops at epoch
+# {glue:text}`chosen_epoch_contrast:.1f` (shapes) and {glue:text}`chosen_epoch_focus:.1f` (digits)
 # on average.
 #
 # ## Limits
@@ -260,6 +290,10 @@ report.glue("chosen_epoch_1shot_mean", chosen["epoch"].mean())
 #   training set. That is what makes "never below zero-shot" hold on validation: epoch 0 is always
 #   a candidate. On the test split it can still dip below, and a user without a validation set
 #   has no such guard.
+# - The heads train for a fixed {glue:text}`epochs:.0f` epochs. At {glue:text}`max_shots:.0f` shots
+#   on the digits, validation picks epoch {glue:text}`chosen_epoch_focus_max:.0f` on average for
+#   the random-init head, so it is still improving there; logistic regression, fitted to
+#   convergence with a tuned penalty, is the better reference at many shots.
 # - The heads are linear on frozen features; whatever the image tower cannot separate, no head
 #   recovers (compare the probe on the full train split in the previous chapter).
 # - The embedded CLIP is small and its world synthetic; the source's experiment is on CIFAR-100

@@ -50,6 +50,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+import torch
 
 import clipnb
 from clipnb import chain, memes, report
@@ -140,39 +141,63 @@ links.table() if synthetic else pd.DataFrame(
 #
 # ## Neither modality alone predicts the label
 #
-# A logistic-regression probe on the frozen image embeddings, one on the frozen text embeddings
-# of the captions, and one on both concatenated, each with its regularisation chosen on the
-# validation split, score the shown-link test memes (where every word was seen in training):
-
+# Logistic-regression probes on frozen embeddings, each with its regularisation chosen on the
+# validation split: on the emblem alone (the meme with its caption band painted grey), on the
+# caption's text, on the whole meme image (emblem *and* printed word), and on the meme image and
+# the caption text side by side. Test accuracy (%), on shown-link and on hidden-link memes:
 
 # %%
-def probe_accuracy(train_x, val_x, test_x) -> float:
-    probe = fit_linear_probe(train_x, train.labels, val_x, val.labels)
-    return clipnb.accuracy(probe.classifier.predict(test_x), test.labels[eval_rows])
-
-
-eval_rows = np.flatnonzero(test.domains == 0) if synthetic else np.arange(len(test))
-image_x = {s: encode_images(bundle, data.split(s)).numpy() for s in ("train", "val", "test")}
-text_x = {s: encode_texts(bundle, data.split(s).texts).numpy() for s in ("train", "val", "test")}
-both_x = {s: np.concatenate([image_x[s], text_x[s]], axis=1) for s in image_x}
-probes = pd.DataFrame(
-    {
-        "test accuracy %": [
-            probe_accuracy(x["train"], x["val"], x["test"][eval_rows])
-            for x in (image_x, text_x, both_x)
-        ]
+split_names = ("train", "val", "test")
+views = {
+    "caption text alone": {s: encode_texts(bundle, data.split(s).texts) for s in split_names},
+    "meme image (emblem + printed word)": {
+        s: encode_images(bundle, data.split(s)) for s in split_names
     },
-    index=["image only", "text only", "image + text (concatenated)"],
+}
+if synthetic:
+    blanked = {s: encode_images(bundle, memes.without_caption(data.split(s))) for s in split_names}
+    views = {"emblem alone (caption band blanked)": blanked, **views}
+views["meme image + caption text"] = {
+    s: torch.cat(
+        [views["meme image (emblem + printed word)"][s], views["caption text alone"][s]], 1
+    )
+    for s in split_names
+}
+test_groups = (
+    {"shown": test.domains == 0, "hidden": test.domains == 1}
+    if synthetic
+    else {"all": np.ones(len(test), bool)}
 )
-for key, name in zip(("probe_image", "probe_text", "probe_both"), probes.index, strict=True):
-    report.glue(key, probes.loc[name, "test accuracy %"])
+probe_rows = {}
+for name, x in views.items():
+    probe = fit_linear_probe(x["train"], train.labels, x["val"], val.labels)
+    predicted = probe.classifier.predict(np.asarray(x["test"]))
+    probe_rows[name] = {
+        g: clipnb.accuracy(predicted[m], test.labels[m]) for g, m in test_groups.items()
+    }
+probes = pd.DataFrame(probe_rows).T
+first = next(iter(test_groups))
+report.glue(
+    "probe_emblem", probe_rows.get("emblem alone (caption band blanked)", {}).get(first, np.nan)
+)
+report.glue("probe_text", probe_rows["caption text alone"][first])
+report.glue("probe_image", probe_rows["meme image (emblem + printed word)"][first])
+report.glue(
+    "probe_image_hidden", probe_rows["meme image (emblem + printed word)"].get("hidden", np.nan)
+)
+report.glue("probe_both", probe_rows["meme image + caption text"][first])
 probes.round(1)
 
 # %% [markdown]
-# The image-only probe scores {glue:text}`probe_image:.1f` %, the text-only probe
-# {glue:text}`probe_text:.1f` % and the concatenation {glue:text}`probe_both:.1f` % (chance 50 %):
-# the label is an interaction between the two modalities, which no linear read-out of either
-# embedding, or of both side by side, can express.
+# On shown-link memes the emblem alone scores {glue:text}`probe_emblem:.1f` % and the caption
+# text alone {glue:text}`probe_text:.1f` % (chance 50 %): the confounders do their job, neither
+# the picture nor the words carry the label. The whole meme image is a different matter: it
+# holds the emblem *and* the printed word, and a linear probe on it reaches
+# {glue:text}`probe_image:.1f` % on shown-link memes (the image and the caption text side by side:
+# {glue:text}`probe_both:.1f` %). The embedded CLIP's image features separate the few
+# emblem-and-printed-word combinations of the training memes well enough to memorise which are
+# hateful, much as an image-only model on real memes reads their overlaid text. On hidden-link
+# memes, whose words the probe never saw, it scores {glue:text}`probe_image_hidden:.1f` %.
 #
 # ## Experiment 1: plain finetuning
 #
@@ -259,6 +284,9 @@ report.glue("auroc_ft_shown", chain.mean_where(exp1, "AUROC", stage=ft_text, gro
 report.glue("acc_ft_shown", chain.mean_where(exp1, "accuracy", stage=ft_text, group="shown"))
 report.glue("auroc_ft_image_shown", chain.mean_where(exp1, "AUROC", stage=ft_image, group="shown"))
 report.glue("chosen_step_mean", np.mean([r.chosen_step for r in runs.values()]))
+for part in ("image", "text"):
+    value = chain.mean_where(exp1, "AUROC", stage=f"{part} encoder · shared prompts", group="shown")
+    report.glue(f"auroc_ft_{part}_shared_shown", value)
 chain.metric_table(exp1, columns)
 
 # %% [markdown]
@@ -266,15 +294,26 @@ chain.metric_table(exp1, columns)
 # then the metric (accuracy and AUROC in %; "linked" is the accuracy on the hateful memes,
 # "confounders" the accuracy on the benign ones); mean ± std over seeds.
 #
-# On the hidden-link memes, the text encoder finetuned with the caption inside the prompt reaches
-# an AUROC of {glue:text}`auroc_ft:.1f` % (accuracy {glue:text}`acc_ft:.1f` %), the image encoder
-# {glue:text}`auroc_ft_image:.1f` %; the best accuracy of any setting is
-# {glue:text}`acc_ft_best:.1f` %. The source's number, on the real Hateful Memes with ViT-B/32:
-# "the highest accuracy doesn't surpass 0.52", with or without the caption in the prompt. On the
-# shown-link control the same text-encoder finetuning reaches an AUROC of
-# {glue:text}`auroc_ft_shown:.1f` % (accuracy {glue:text}`acc_ft_shown:.1f` %) and the image
-# encoder {glue:text}`auroc_ft_image_shown:.1f` %: what decides whether finetuning helps is
-# whether the labelled memes contain the link. The validation AUROC chose, on average, step
+# On hidden-link memes nothing beats chance. The text encoder finetuned with the caption inside
+# the prompt reaches an AUROC of {glue:text}`auroc_ft:.1f` % (accuracy {glue:text}`acc_ft:.1f` %),
+# and the best mean accuracy of any setting, zero-shot included, is
+# {glue:text}`acc_ft_best:.1f` %. That is the source's finding; its number, on the real Hateful
+# Memes with ViT-B/32, is "the highest accuracy doesn't surpass 0.52", with or without the caption
+# in the prompt. The finetuned image encoder even ranks them worse than chance (AUROC
+# {glue:text}`auroc_ft_image:.1f` %). The four test-only words are the same in every seed, so this
+# is a property of those four words (which training words they resemble in pixels), not a learned
+# anti-link: with so few hidden words, the hidden-link numbers carry biases that the spread over
+# seeds does not show.
+#
+# The shown-link control says why. On new renderings of the links the training memes did
+# contain, the same text-encoder finetuning reaches an AUROC of {glue:text}`auroc_ft_shown:.1f` %
+# (accuracy {glue:text}`acc_ft_shown:.1f` %) and the image encoder
+# {glue:text}`auroc_ft_image_shown:.1f` %. Even with the shared prompts, which never mention the
+# caption, the image encoder reaches {glue:text}`auroc_ft_image_shared_shown:.1f` % by reading the
+# printed word from the pixels, while the text encoder with shared prompts, which then sees no
+# caption at all, stays at {glue:text}`auroc_ft_text_shared_shown:.1f` %. Finetuning learns the
+# links it is shown; the hidden links are not in the labelled data, and no amount of finetuning
+# on it can find them. The validation AUROC chose, on average, step
 # {glue:text}`chosen_step_mean:.0f` of each run.
 #
 # ## Experiment 2: simple alignment between picture and text
@@ -320,9 +359,10 @@ for n_aux in aux_counts if have_aux else []:
 # $$
 #
 # Each step sums $\mathcal{L}_{\text{meme}} + \mathcal{L}_{\text{align}} + \mathcal{L}_{\text{chain}}$
-# (alignment with $n$ images per emblem, $n = 0$ meaning none). The chain sentences cover every
-# link, including the hidden-link words of the validation and test memes: they are the only place
-# where those links are stated. The frozen copy never changes (a test checks its parameters).
+# (alignment with $n$ images per emblem, $n = 0$ meaning none; `chain_batch` chain sentences
+# drawn at random and the three anchor words per step). The chain sentences cover every link,
+# including those of the validation-only and test-only words: they are the only place where those
+# links are stated. The frozen copy never changes (a test checks its parameters).
 
 # %%
 reference = chain.FrozenReference(bundle, chain_spec.anchors) if have_aux else None
@@ -381,12 +421,22 @@ chain.metric_table(stages, columns)
 # Each stage of the source's pipeline, scored on the same test memes (mean ± std over seeds;
 # stages 2–3 are empty in the `full` profile without the auxiliary files).
 #
-# With the alignment images ({glue:text}`n_max:.0f` per emblem) the hidden-link AUROC is
-# {glue:text}`auroc_align:.1f` %; the accuracy on hateful memes becomes
-# {glue:text}`linked_align:.1f` % and on the confounders {glue:text}`confounders_align:.1f` %. The
-# self-learning step alone gives {glue:text}`auroc_self:.1f` %, and the full pipeline
-# (self-learning + alignment) {glue:text}`auroc_chain:.1f` % (hateful memes
-# {glue:text}`linked_chain:.1f` %, confounders {glue:text}`confounders_chain:.1f` %).
+# None of the stages moves the hidden-link AUROC off chance: memes only
+# {glue:text}`auroc_ft:.1f` %, with the alignment images ({glue:text}`n_max:.0f` per emblem)
+# {glue:text}`auroc_align:.1f` %, with the self-learning step alone {glue:text}`auroc_self:.1f` %,
+# and with the whole pipeline of the source's Figure 11 {glue:text}`auroc_chain:.1f` %. The
+# accuracies on hateful memes and on confounders swing in opposite directions from seed to seed
+# (alignment: {glue:text}`linked_align:.1f` % and {glue:text}`confounders_align:.1f` %; whole
+# pipeline: {glue:text}`linked_chain:.1f` % and {glue:text}`confounders_chain:.1f` %, with a
+# spread of tens of points): without the link, where a model puts its threshold for an unseen
+# word is arbitrary, and it trades hateful memes for confounders without ranking them any better.
+#
+# What the auxiliary data does change is the shown-link AUROC: {glue:text}`auroc_ft_shown:.1f` %
+# with memes only, {glue:text}`auroc_align_shown:.1f` % with the alignment images,
+# {glue:text}`auroc_self_shown:.1f` % with the self-learning step and
+# {glue:text}`auroc_chain_shown:.1f` % with both. Extra training of the text side, on texts that
+# name the concepts and the training words, helps the links the memes already teach; it does not
+# create the ones they do not.
 
 # %%
 share_table = pd.DataFrame.from_records(
@@ -398,10 +448,16 @@ share_table.drop(columns="seed").agg(["mean", "std"]).round(1)
 
 # %% [markdown]
 # What did the self-learning step teach? The table gives the share (%) of chain sentences that
-# the trained text encoder puts nearest the frozen "hateful" anchor (full pipeline, mean and std
-# over seeds): the sentences of the test-only words it was trained on, and the same words paired
-# with the three concepts they are *not* linked to, which it never saw. Linked:
-# {glue:text}`share_linked:.1f` %; not linked: {glue:text}`share_unlinked:.1f` %.
+# the trained text encoder puts nearest the frozen "hateful" anchor (whole pipeline, mean and std
+# over seeds): the sentences of the test-only words, which it was trained on, and the same words
+# paired with the three concepts they are *not* linked to, which it never saw. Linked:
+# {glue:text}`share_linked:.1f` %; not linked: {glue:text}`share_unlinked:.1f` %. The step taught
+# the sentence's *form* ("the {concept} keep the {word}" is hateful), not which concept goes with
+# which word: every chain sentence in training is hateful, so nothing asks for more. And even a
+# link-specific text fact would not reach the meme classifier: its score is one dot product
+# between the meme image and "this photo says {word}, it is hateful", and none of the three losses
+# moves that prompt's embedding toward the images of the word's emblems, which is what the
+# two-step link (emblem → concept → word) needs.
 
 # %%
 over_n = results[results.experiment.isin(["2", "3"]) & (results.group == main_group)]
@@ -507,12 +563,15 @@ plt.close(fig)
 #
 # Columns of the table: group · region, CAM mass in % (mean ± std over seeds). On shown-link
 # hateful memes the zero-shot map puts {glue:text}`cam_zs_emblem:.1f` % of its mass on the emblem
-# and {glue:text}`cam_zs_text:.1f` % on the caption (areas: {glue:text}`area_emblem:.1f` % and
-# {glue:text}`area_text:.1f` % of the image). After finetuning the image encoder:
-# {glue:text}`cam_img_emblem:.1f` % and {glue:text}`cam_img_text:.1f` %; after finetuning the text
-# encoder: {glue:text}`cam_txt_emblem:.1f` % and {glue:text}`cam_txt_text:.1f` %. The source saw
-# the image-encoder map stay on the goat's head and the text-encoder map cover both the head and
-# the word "ISIS".
+# and {glue:text}`cam_zs_text:.1f` % on the caption, less than their shares of the image
+# ({glue:text}`area_emblem:.1f` % and {glue:text}`area_text:.1f` %): most of it lies on the
+# background, which is no surprise, since "hateful" is a word the embedded CLIP's captions never
+# contained. After finetuning the image encoder the map moves onto the printed word
+# ({glue:text}`cam_img_emblem:.1f` % emblem, {glue:text}`cam_img_text:.1f` % caption), where its
+# features learned the shown links; after finetuning the text encoder (image tower unchanged) it
+# stays mostly off both ({glue:text}`cam_txt_emblem:.1f` % and {glue:text}`cam_txt_text:.1f` %).
+# The source saw the reverse split: the image-encoder map stayed on the goat's head, the
+# text-encoder map covered both the head and the word "ISIS".
 #
 # Then the source's Figures 10 and 12: the maps on hidden-link memes as auxiliary images are
 # added, with the alignment alone and after the self-learning step.
@@ -537,6 +596,8 @@ for key, experiment in (("align", "2"), ("chain", "3")):
         for region in ("emblem", "text"):
             value = chain.mean_where(over_n_mass, f"{region} mass", experiment=experiment, n=n_aux)
             report.glue(f"cam_{key}{tag}_{region}", value)
+spread = over_n_mass.groupby(["experiment", "n"])[["emblem mass", "text mass"]].std()
+report.glue("cam_spread", spread.mean().mean())
 
 # %% [markdown]
 # ```{glue:figure} fig_cam_over_n
@@ -574,14 +635,19 @@ plt.close(fig)
 # with the self-learning step (bottom; the source's Figure 12).
 # ```
 #
-# On hidden-link hateful memes, the alignment moves the emblem's share of the map from
+# On hidden-link hateful memes, the emblem's share of the map goes from
 # {glue:text}`cam_align0_emblem:.1f` % ($n = 0$) to {glue:text}`cam_align_max_emblem:.1f` %
-# ($n$ = {glue:text}`n_max:.0f`), and the caption's from {glue:text}`cam_align0_text:.1f` % to
-# {glue:text}`cam_align_max_text:.1f` %. With the self-learning step, the emblem's share goes
-# from {glue:text}`cam_chain0_emblem:.1f` % to {glue:text}`cam_chain_max_emblem:.1f` % and the
-# caption's from {glue:text}`cam_chain0_text:.1f` % to {glue:text}`cam_chain_max_text:.1f` %. The
-# source reported the attention drawn to the subject's head as $n$ went from 2 to 8 (alignment),
-# and onto the word "gas" after the self-learning step.
+# ($n$ = {glue:text}`n_max:.0f`) with the alignment, and the caption's from
+# {glue:text}`cam_align0_text:.1f` % to {glue:text}`cam_align_max_text:.1f` %; with the
+# self-learning step, from {glue:text}`cam_chain0_emblem:.1f` % to
+# {glue:text}`cam_chain_max_emblem:.1f` % (emblem) and from {glue:text}`cam_chain0_text:.1f` % to
+# {glue:text}`cam_chain_max_text:.1f` % (caption). The standard deviation over seeds of these
+# shares is {glue:text}`cam_spread:.1f` points on average, as large as the changes: the maps do
+# not show the steady movement the source described (towards the subject's head as $n$ went from
+# 2 to 8 with the alignment, onto the word "gas" after the self-learning step), and a single
+# strip like {numref}`fig-cam-strip` can be made to show almost any trend by choosing the seed.
+# Neither do the attention maps follow the accuracy: the hidden-link AUROC stays at chance
+# whatever the maps do.
 
 # %%
 report.glue("minutes", (time.perf_counter() - start) / 60)
@@ -591,6 +657,29 @@ report.glue("n_runs", n_runs)
 # %% [markdown]
 # ## What this shows, and its limits
 #
-# PLACEHOLDER
+# **What it shows.** On memes built so that the label is an interaction of picture and caption,
+# and so that the test links are stated nowhere in the labelled data, finetuning either encoder of
+# the embedded CLIP stays at chance on those links, as the source found on Hateful Memes, while it
+# does learn the links its training memes contain. The source's two remedies, emblem images
+# paired with the concept's name and the text self-learning against a frozen copy, leave the
+# hidden-link AUROC at chance here; they help the shown links instead. The self-learning step
+# learns that a chain-shaped sentence is "hateful" whether or not its link exists, and a dual
+# encoder scored by one image–prompt dot product has no place where the two halves of the chain
+# (emblem → concept, concept → word) would meet. Grad-CAM maps move between stages, but their
+# spread over seeds is as large as the moves.
 #
-# The chapter ran {glue:text}`n_runs:.0f` finetuning runs in {glue:text}`minutes:.1f` minutes.
+# **Limits.** The scale is tiny: a 32-pixel CLIP, four concepts, 512 training memes, and four
+# test-only words, so the hidden-link numbers rest on four words whose biases are shared by every
+# seed. The embedded CLIP recognises colours far better than shapes, so each emblem has a fixed
+# colour; "hateful", "not" and "says" never occurred in its captions, so the zero-shot rows mean
+# nothing and the prompts' words are learned during finetuning. The task is harder than the
+# source's in one way (the hidden words are new tokens, never seen in any labelled meme) and
+# easier in another (each link is stated directly by one chain sentence, and there are only
+# sixteen). The source judged its last stage on one meme's attention map; here every stage is
+# scored on all test memes, and the maps come from an 8 × 8 patch grid. In the `full` profile
+# the stages 2–3 need the user's auxiliary images and chain sentences (this repository ships none
+# of the source's offensive examples), and the shown/hidden split does not exist: the numbers are
+# over all test memes.
+#
+# The chapter ran {glue:text}`n_runs:.0f` finetuning runs in {glue:text}`minutes:.1f` minutes of
+# wall time ({glue:text}`cpu_minutes:.1f` CPU-minutes in the notebook's process).

@@ -34,11 +34,12 @@ ood_dataset = "world-shape-sketch"
 dataset_options = {"per_class": [64, 16, 32]}
 seeds = [0, 1, 2]
 recon_size = 32
-vq_steps = 300
-seg_steps = 300
-eval_every = 25
-batch_size = 32
-lr = 0.005
+vq_steps = 500
+seg_steps = 500
+eval_every = 50
+batch_size = 16
+vq_lr = 0.002
+seg_lr = 0.005
 n_codes = 64
 code_dim = 32
 decay = 0.9
@@ -48,7 +49,6 @@ n_show = 8
 
 # %%
 import matplotlib.pyplot as plt
-import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
@@ -58,10 +58,13 @@ from clipnb import pretrain, report
 from clipnb.decoders import VQVAE, ConvEncoder, SegmentationDecoder, UNet, vqvae_loss
 from clipnb.feature_decoding import (
     fit_on_validation,
+    label_map_grid,
     pixel_tensors,
+    plot_curves,
     segmentation_scores,
     segmentation_targets,
     spatial_feature_cache,
+    to_uint8_images,
     vqvae_scores,
 )
 from clipnb.features import image_tensors
@@ -77,7 +80,7 @@ control = (
     else clipnb.create_model(FULL_MODEL[0], pretrained=None)
 )
 towers = {"CLIP": bundle.model.to(device), "random tower": control.model.to(device)}
-train_args = {"lr": lr, "batch_size": batch_size, "eval_every": eval_every, "progress": True}
+train_args = {"batch_size": batch_size, "eval_every": eval_every, "progress": True}
 
 # %% [markdown]
 # ## Method
@@ -186,8 +189,9 @@ vq_inputs = {
 def make_vqvae(name: str) -> VQVAE:
     if name == "own encoder (trained)":
         encoder = ConvEncoder(hidden, recon_size, grid, hidden=hidden)
-        return VQVAE(hidden, grid, recon_size, n_codes, code_dim, encoder=encoder, hidden=hidden,
-                     decay=decay)  # fmt: skip
+        return VQVAE(
+            hidden, grid, recon_size, n_codes, code_dim, encoder=encoder, hidden=hidden, decay=decay
+        )
     return VQVAE(channels, grid, recon_size, n_codes, code_dim, hidden=hidden, decay=decay)
 
 
@@ -196,14 +200,15 @@ for seed in seeds:
     for name, inputs in vq_inputs.items():
         clipnb.seed_everything(seed)
         model = make_vqvae(name).to(device)
+        train = (inputs["train"], vq_pixels["train"])
+        val = (inputs["val"], vq_pixels["val"])
         hist = fit_on_validation(
-            model, (inputs["train"], vq_pixels["train"]), (inputs["val"], vq_pixels["val"]),
-            vqvae_loss, vq_steps, seed=seed, desc=f"VQ-VAE {name} s{seed}", **train_args,
+            model, train, val, vqvae_loss, vq_steps, lr=vq_lr, seed=seed, desc=f"VQ {name} {seed}",
+            **train_args,
         )  # fmt: skip
-        scores = {"train": vqvae_scores(model, inputs["train"], vq_pixels["train"]),
-                  "test": vqvae_scores(model, inputs["test"], vq_pixels["test"])}  # fmt: skip
-        vq_curves += [{"encoder": name, "seed": seed, "step": st, "val loss": v}
-                      for st, v in zip(hist["val_step"], hist["val_loss"], strict=True)]  # fmt: skip
+        scores = {s: vqvae_scores(model, inputs[s], vq_pixels[s]) for s in ("train", "test")}
+        for step, loss in zip(hist["val_step"], hist["val_loss"], strict=True):
+            vq_curves.append({"encoder": name, "seed": seed, "step": step, "val loss": loss})
         for metric, value in (
             ("train loss ×100", 100 * scores["train"]["loss"]),
             ("test loss ×100", 100 * scores["test"]["loss"]),
@@ -233,17 +238,11 @@ report.glue(
 
 # %%
 show = slice(0, n_show)
-
-
-def to_uint8(images: torch.Tensor) -> list[np.ndarray]:
-    return [(im.permute(1, 2, 0).clamp(0, 1).numpy() * 255).astype(np.uint8) for im in images]
-
-
 rows = [("original", vq_pixels["test"][show])]
 with torch.no_grad():
     for name, model in vq_models.items():
-        rows.append((name, model(vq_inputs[name]["test"][show].to(device))[0].cpu()))
-cells = [im for _, images in rows for im in to_uint8(images)]
+        rows.append((name, model(vq_inputs[name]["test"][show].to(device))[0]))
+cells = [im for _, images in rows for im in to_uint8_images(images)]
 titles = [name if i == 0 else "" for name, images in rows for i in range(len(images))]
 fig = report.image_grid(cells, titles, ncols=n_show, size=1.1, title_size=7)
 report.glue("fig_reconstructions", fig)
@@ -251,8 +250,8 @@ plt.close(fig)
 
 codes = torch.randint(n_codes, (n_show, *grid), generator=torch.Generator().manual_seed(seeds[0]))
 with torch.no_grad():
-    random_rows = [(name, m.decode_codes(codes.to(device)).cpu()) for name, m in vq_models.items()]
-cells = [im for _, images in random_rows for im in to_uint8(images)]
+    random_rows = [(name, m.decode_codes(codes.to(device))) for name, m in vq_models.items()]
+cells = [im for _, images in random_rows for im in to_uint8_images(images)]
 titles = [name if i == 0 else "" for name, images in random_rows for i in range(len(images))]
 fig = report.image_grid(cells, titles, ncols=n_show, size=1.1, title_size=7)
 report.glue("fig_random_codes", fig)
@@ -309,12 +308,14 @@ for seed in seeds:
     for name, inputs in seg_inputs.items():
         clipnb.seed_everything(seed)
         model = make_segmenter(name).to(device)
+        train = (inputs["train"], seg_targets["train"])
+        val = (inputs["val"], seg_targets["val"])
         hist = fit_on_validation(
-            model, (inputs["train"], seg_targets["train"]), (inputs["val"], seg_targets["val"]),
-            F.cross_entropy, seg_steps, seed=seed, desc=f"seg {name} s{seed}", **train_args,
+            model, train, val, F.cross_entropy, seg_steps, lr=seg_lr, seed=seed,
+            desc=f"seg {name} {seed}", **train_args,
         )  # fmt: skip
-        seg_curves += [{"model": name, "seed": seed, "step": st, "val loss": v}
-                       for st, v in zip(hist["val_step"], hist["val_loss"], strict=True)]  # fmt: skip
+        for step, loss in zip(hist["val_step"], hist["val_loss"], strict=True):
+            seg_curves.append({"model": name, "seed": seed, "step": step, "val loss": loss})
         test = segmentation_scores(model, inputs["test"], seg_targets["test"], n_classes)
         ood = (
             segmentation_scores(model, inputs["ood"], seg_targets["ood"], n_classes)
@@ -351,37 +352,19 @@ for ax, curves, key, title in (
     (axes[0], vq_curves, "encoder", "VQ-VAE: validation loss"),
     (axes[1], seg_curves, "model", "Segmentation: validation cross-entropy"),
 ):
-    df = pd.DataFrame(curves).groupby([key, "step"], sort=False)["val loss"]
-    stats = df.agg(["mean", "std"]).reset_index()
-    for i, (name, part) in enumerate(stats.groupby(key, sort=False)):
-        ax.plot(part["step"], part["mean"], color=f"C{i}", label=name)
-        ax.fill_between(part["step"], part["mean"] - part["std"].fillna(0),
-                        part["mean"] + part["std"].fillna(0), color=f"C{i}", alpha=0.2)  # fmt: skip
+    plot_curves(ax, curves, key)
     ax.set(xlabel="training step", ylabel="validation loss", title=title, yscale="log")
     ax.legend(fontsize=8)
 fig.tight_layout()
 report.glue("fig_val_curves", fig)
 plt.close(fig)
 
-palette = plt.get_cmap("tab10", max(n_classes, 2))
-show_sets = [("image", None)] + [(name, m) for name, m in seg_models.items()]
-fig, axes = plt.subplots(len(show_sets) + 1, n_show, figsize=(1.2 * n_show, 1.3 * (len(show_sets) + 1)),
-                         squeeze=False)  # fmt: skip
+maps = {"ground truth": seg_targets["test"][show]}
 with torch.no_grad():
-    preds = {name: m(seg_inputs[name]["test"][show].to(device)).argmax(1).cpu()
-             for name, m in seg_models.items()}  # fmt: skip
-for j in range(n_show):
-    axes[0, j].imshow(seg_sets["test"].array(j), interpolation="nearest")
-    axes[1, j].imshow(seg_targets["test"][j], cmap=palette, vmin=0, vmax=palette.N - 1,
-                      interpolation="nearest")  # fmt: skip
-    for r, name in enumerate(seg_models, start=2):
-        axes[r, j].imshow(preds[name][j], cmap=palette, vmin=0, vmax=palette.N - 1,
-                          interpolation="nearest")  # fmt: skip
-for r, label in enumerate(["image", "ground truth", *seg_models]):
-    axes[r, 0].set_title(label, fontsize=7, loc="left")
-for ax in axes.flat:
-    ax.axis("off")
-fig.tight_layout()
+    for name, model in seg_models.items():
+        maps[name] = model(seg_inputs[name]["test"][show].to(device)).argmax(1)
+shown = [seg_sets["test"].array(i) for i in range(min(n_show, len(seg_sets["test"])))]
+fig = label_map_grid(shown, maps, seg_classes)
 report.glue("fig_masks", fig)
 plt.close(fig)
 

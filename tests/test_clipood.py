@@ -201,3 +201,35 @@ def test_selection_ignores_the_test_split(tiny_bundle, world_benchmark) -> None:
     )
     pd_c = c.results.sort_values(["method", "seed"]).reset_index(drop=True)
     assert pd_a.equals(pd_c)
+
+
+def test_harmonic_mean_rows_and_trajectory(tiny_bundle) -> None:
+    import pandas as pd
+
+    records = pd.DataFrame(
+        [
+            {"method": "m", "seed": 0, "split": "base", "accuracy": 80.0},
+            {"method": "m", "seed": 0, "split": "new", "accuracy": 60.0},
+        ]
+    )
+    out = clipood.with_harmonic_mean(records, by=["method", "seed"])
+    h = out[out["split"] == "H"]["accuracy"].item()
+    assert h == pytest.approx(domains.harmonic_mean(80.0, 60.0))
+    with pytest.raises(ValueError, match="'base' and 'new'"):
+        clipood.with_harmonic_mean(records[records["split"] == "base"], by=["method", "seed"])
+
+    data = clipnb.load_dataset("world-shape-photo", **TINY)
+    curve = clipood.trajectory(
+        tiny_bundle,
+        data.train,
+        {"test": data.test, "val": data.val},
+        clipood.TrialConfig(steps=4, lr=1e-3, margin=0.3, seed=0),
+        beta=0.5,
+        ema_decay=0.5,
+        batch_size=8,
+        every=2,
+    )
+    assert sorted(curve["step"].unique()) == [0, 2, 4]
+    assert set(curve["model"]) == {"raw", "EMA", "BMA"} and set(curve["split"]) == {"test", "val"}
+    start = curve[curve["step"] == 0].groupby("split")["accuracy"].nunique()
+    assert (start == 1).all()  # at step 0 the three models are the pretrained one

@@ -216,3 +216,30 @@ def test_full_profile_auxiliary_files(tmp_path):
         memes.load_alignment_folder(tmp_path)
     with pytest.raises(clipnb.DatasetNotFoundError, match="sentences"):
         memes.load_chain_yaml(tmp_path / "missing.yaml")
+
+
+def test_unlinked_chain_sentences_pair_words_with_other_concepts():
+    words = LINKS.words_for("test")
+    linked = LINKS.chain_sentences(words)
+    for shift in (1, 2, 3):
+        for word, sentence in zip(words, LINKS.chain_sentences(words, shift=shift), strict=True):
+            concept = next(c for c in LINKS.concepts if f" {c} " in f" {sentence} ")
+            assert LINKS.concepts.index(concept) != LINKS.concept_of_word(word)
+            assert sentence not in linked
+
+
+def test_chain_batches_keep_every_anchor(tiny):
+    texts = chain._Texts.build(tiny, [("a", "b")], [], ["s1", "s2", "s3", "s4"], chain.ANCHORS)
+    gen = torch.Generator().manual_seed(0)
+    rows = texts.chain_rows(2, gen)
+    assert len(rows) == 2 + len(chain.ANCHORS)
+    assert set(rows[-3:].tolist()) == {4, 5, 6}  # the anchors come after the 4 sentences
+    assert texts.chain_target[rows[-3:]].tolist() == [0, 1, 2]
+    assert len(texts.chain_rows(0, gen)) == 7
+
+
+def test_target_share(tiny):
+    reference = chain.FrozenReference(tiny)
+    # the frozen model puts its own anchor word "hateful" nearest its own "hateful" anchor
+    assert chain.target_share(tiny, reference, ["hateful"]) == 100.0
+    assert chain.target_share(tiny, reference, ["positive", "happy"]) == 0.0
