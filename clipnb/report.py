@@ -44,6 +44,18 @@ def glue(name: str, value: Any, display: bool = False) -> None:
     _glue(name, value, display=display)
 
 
+def glue_words(name: str, text: str) -> None:
+    """Glue a phrase the prose cites with ``{glue:md}`name```: a verdict computed from the numbers.
+
+    Qualitative claims ("X is the best finetuned model") must follow the table, not the author's
+    expectation, so the notebook computes the words and the text pulls them in.
+    """
+    from IPython.display import Markdown
+    from myst_nb import glue as _glue
+
+    _glue(name, Markdown(text), display=False)
+
+
 def _png_figures() -> None:
     """Have IPython render figures as PNG under any backend (``MPLBACKEND=Agg`` disables inline).
 

@@ -186,18 +186,86 @@ report.glue(
     "probe_image_hidden", probe_rows["meme image (emblem + printed word)"].get("hidden", np.nan)
 )
 report.glue("probe_both", probe_rows["meme image + caption text"][first])
+
+
+def acc_band(group: str) -> float:
+    """Two standard errors (points) of a chance-level accuracy on one group of test memes."""
+    return 100 / np.sqrt(max(int(test_groups[group].sum()), 1))
+
+
+def auroc_band(group: str) -> float:
+    """Two standard errors (points) of a chance-level AUROC (Hanley-McNeil) on one group."""
+    if group not in test_groups:
+        return np.nan
+    y = test.labels[test_groups[group]]
+    n1, n0 = max(int(y.sum()), 1), max(int(len(y) - y.sum()), 1)
+    return 200 * np.sqrt((n1 + n0 + 1) / (12 * n1 * n0))
+
+
+def versus_chance(value: float, band: float) -> str:
+    if np.isnan(value):
+        return "not measured"
+    return (
+        "above chance"
+        if value > 50 + band
+        else "below chance"
+        if value < 50 - band
+        else "at chance"
+    )
+
+
+def name_list(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+
+
+report.glue("acc_band_first", acc_band(first))
+alone = {
+    "the emblem alone": probe_rows.get("emblem alone (caption band blanked)", {}).get(
+        first, np.nan
+    ),
+    "the caption text alone": probe_rows["caption text alone"][first],
+}
+off = [
+    k
+    for k, v in alone.items()
+    if versus_chance(v, acc_band(first)) not in ("at chance", "not measured")
+]
+report.glue_words(
+    "probe_alone_verdict",
+    "both stay at chance: the confounders do their job, neither the picture nor the words alone"
+    " carry the label"
+    if not off
+    else f"{name_list(off)} {'is' if len(off) == 1 else 'are'} off chance, so the confounders do"
+    " not fully hide the label",
+)
+image_vs = versus_chance(probe_rows["meme image (emblem + printed word)"][first], acc_band(first))
+report.glue_words(
+    "probe_image_verdict",
+    "above chance: the embedded CLIP's image features separate the few emblem-and-printed-word"
+    " combinations of the training memes well enough to memorise which are hateful, much as an"
+    " image-only model on real memes reads their overlaid text"
+    if image_vs == "above chance"
+    else f"{image_vs}: a linear probe on the image features does not pick up which"
+    " emblem-and-printed-word combinations are hateful",
+)
+report.glue_words(
+    "probe_image_hidden_vs",
+    versus_chance(
+        probe_rows["meme image (emblem + printed word)"].get("hidden", np.nan),
+        acc_band("hidden") if "hidden" in test_groups else np.nan,
+    ),
+)
 probes.round(1)
 
 # %% [markdown]
-# On shown-link memes the emblem alone scores {glue:text}`probe_emblem:.1f` % and the caption
-# text alone {glue:text}`probe_text:.1f` % (chance 50 %): the confounders do their job, neither
-# the picture nor the words carry the label. The whole meme image is a different matter: it
-# holds the emblem *and* the printed word, and a linear probe on it reaches
-# {glue:text}`probe_image:.1f` % on shown-link memes (the image and the caption text side by side:
-# {glue:text}`probe_both:.1f` %). The embedded CLIP's image features separate the few
-# emblem-and-printed-word combinations of the training memes well enough to memorise which are
-# hateful, much as an image-only model on real memes reads their overlaid text. On hidden-link
-# memes, whose words the probe never saw, it scores {glue:text}`probe_image_hidden:.1f` %.
+# On shown-link memes the emblem alone scores {glue:text}`probe_emblem:.1f` % and the caption text
+# alone {glue:text}`probe_text:.1f` % (chance is 50 %, and two standard errors of a chance-level
+# accuracy on these memes are {glue:text}`acc_band_first:.1f` points), so
+# {glue:md}`probe_alone_verdict`. The whole meme image holds the emblem *and* the printed word, and
+# a linear probe on it scores {glue:text}`probe_image:.1f` % on shown-link memes (the image and the
+# caption text side by side: {glue:text}`probe_both:.1f` %), {glue:md}`probe_image_verdict`. On
+# hidden-link memes, whose words the probe never saw, it scores {glue:text}`probe_image_hidden:.1f`
+# % ({glue:md}`probe_image_hidden_vs`).
 #
 # ## Experiment 1: plain finetuning
 #
@@ -287,6 +355,58 @@ report.glue("chosen_step_mean", np.mean([r.chosen_step for r in runs.values()]))
 for part in ("image", "text"):
     value = chain.mean_where(exp1, "AUROC", stage=f"{part} encoder · shared prompts", group="shown")
     report.glue(f"auroc_ft_{part}_shared_shown", value)
+band_main, band_shown = auroc_band(main_group), auroc_band("shown")
+report.glue("band_main", band_main)
+report.glue("band_shown", band_shown)
+report.glue("band_main_top", 50 + band_main)
+hidden_vs = {
+    s: versus_chance(chain.mean_where(exp1, "AUROC", stage=s, group=main_group), band_main)
+    for s in exp1.stage.unique()
+}
+above = [s for s, v in hidden_vs.items() if v == "above chance"]
+finetuned_above = [s for s in above if not s.startswith("zero-shot")]
+report.glue_words(
+    "exp1_hidden_verdict",
+    "no setting ranks the memes above chance"
+    if not above
+    else f"{name_list(above)} {'ranks' if len(above) == 1 else 'rank'} the memes above chance",
+)
+acc_best_vs = versus_chance(
+    max(chain.mean_where(exp1, "accuracy", stage=s, group=main_group) for s in hidden_vs),
+    acc_band(main_group),
+)
+report.glue_words(
+    "exp1_source_verdict",
+    "That matches the source's finding"
+    if not finetuned_above and acc_best_vs != "above chance"
+    else "That departs from the source's finding",
+)
+report.glue_words("ft_image_vs", hidden_vs[ft_image])
+shown_vs = {
+    key: versus_chance(chain.mean_where(exp1, "AUROC", stage=stage, group="shown"), band_shown)
+    for key, stage in (
+        ("text", ft_text),
+        ("image", ft_image),
+        ("image_shared", "image encoder · shared prompts"),
+        ("text_shared", "text encoder · shared prompts"),
+    )
+}
+for key, verdict in shown_vs.items():
+    report.glue_words(f"shown_{key}_vs", verdict)
+shown_learned = shown_vs["text"] == shown_vs["image"] == "above chance"
+if shown_learned and not finetuned_above:
+    words = (
+        "Finetuning learns the links it is shown; the hidden links are not in the labelled data,"
+        " and finetuning on it does not find them."
+    )
+elif shown_learned:
+    words = "Finetuning learns the links it is shown, and some of it carries over to hidden links."
+else:
+    words = (
+        "Finetuning does not clearly learn even the links it is shown at this scale, so the"
+        " hidden-link numbers say little about missing links."
+    )
+report.glue_words("shown_conclusion", words)
 chain.metric_table(exp1, columns)
 
 # %% [markdown]
@@ -294,27 +414,31 @@ chain.metric_table(exp1, columns)
 # then the metric (accuracy and AUROC in %; "linked" is the accuracy on the hateful memes,
 # "confounders" the accuracy on the benign ones); mean ± std over seeds.
 #
-# On hidden-link memes nothing beats chance. The text encoder finetuned with the caption inside
-# the prompt reaches an AUROC of {glue:text}`auroc_ft:.1f` % (accuracy {glue:text}`acc_ft:.1f` %),
-# and the best mean accuracy of any setting, zero-shot included, is
-# {glue:text}`acc_ft_best:.1f` %. That is the source's finding; its number, on the real Hateful
-# Memes with ViT-B/32, is "the highest accuracy doesn't surpass 0.52", with or without the caption
-# in the prompt. The finetuned image encoder even ranks them worse than chance (AUROC
-# {glue:text}`auroc_ft_image:.1f` %). The four test-only words are the same in every seed, so this
-# is a property of those four words (which training words they resemble in pixels), not a learned
-# anti-link: with so few hidden words, the hidden-link numbers carry biases that the spread over
-# seeds does not show.
+# A mean AUROC counts as above or below chance here when it is more than two standard errors of
+# a chance-level AUROC from 50 % ({glue:text}`band_main:.1f` points on the hidden-link memes,
+# {glue:text}`band_shown:.1f` on the shown-link ones). On hidden-link memes
+# {glue:md}`exp1_hidden_verdict` (above chance means a mean AUROC over
+# {glue:text}`band_main_top:.1f` %). The text encoder finetuned with the caption inside the
+# prompt scores an AUROC of {glue:text}`auroc_ft:.1f` % (accuracy {glue:text}`acc_ft:.1f` %), and
+# the best mean accuracy of any setting, zero-shot included, is {glue:text}`acc_ft_best:.1f` %.
+# {glue:md}`exp1_source_verdict`; the source's number, on the real Hateful Memes with ViT-B/32, is
+# "the highest accuracy doesn't surpass 0.52", with or without the caption in the prompt. The
+# finetuned image encoder scores an AUROC of {glue:text}`auroc_ft_image:.1f` %
+# ({glue:md}`ft_image_vs`). The four test-only words are the same in every seed, so a score off
+# chance on them is a property of those four words (which training words they resemble in
+# pixels) rather than a learned link or anti-link: with so few hidden words, the hidden-link
+# numbers carry biases that the spread over seeds does not show.
 #
-# The shown-link control says why. On new renderings of the links the training memes did
-# contain, the same text-encoder finetuning reaches an AUROC of {glue:text}`auroc_ft_shown:.1f` %
-# (accuracy {glue:text}`acc_ft_shown:.1f` %) and the image encoder
-# {glue:text}`auroc_ft_image_shown:.1f` %. Even with the shared prompts, which never mention the
-# caption, the image encoder reaches {glue:text}`auroc_ft_image_shared_shown:.1f` % by reading the
-# printed word from the pixels, while the text encoder with shared prompts, which then sees no
-# caption at all, stays at {glue:text}`auroc_ft_text_shared_shown:.1f` %. Finetuning learns the
-# links it is shown; the hidden links are not in the labelled data, and no amount of finetuning
-# on it can find them. The validation AUROC chose, on average, step
-# {glue:text}`chosen_step_mean:.0f` of each run.
+# The shown-link control tells a missing link from a failure to learn at all. On new renderings of
+# the links the training memes did contain, the same text-encoder finetuning scores an AUROC of
+# {glue:text}`auroc_ft_shown:.1f` % ({glue:md}`shown_text_vs`; accuracy
+# {glue:text}`acc_ft_shown:.1f` %) and the image encoder {glue:text}`auroc_ft_image_shown:.1f` %
+# ({glue:md}`shown_image_vs`). With the shared prompts, which never mention the caption, the image
+# encoder, which can only read the printed word from the pixels, scores
+# {glue:text}`auroc_ft_image_shared_shown:.1f` % ({glue:md}`shown_image_shared_vs`), and the text
+# encoder, which then sees no caption at all, {glue:text}`auroc_ft_text_shared_shown:.1f` %
+# ({glue:md}`shown_text_shared_vs`). {glue:md}`shown_conclusion` The validation AUROC chose, on
+# average, step {glue:text}`chosen_step_mean:.0f` of each run.
 #
 # ## Experiment 2: simple alignment between picture and text
 #
@@ -330,10 +454,12 @@ chain.metric_table(exp1, columns)
 # $$
 #
 # summed with $\mathcal{L}_{\text{meme}}$ on the same balanced meme pairs (the "other data"). The
-# text encoder is trained, with the caption prompts; $n$ runs over the source's 0 to 10.
+# text encoder is trained, with the caption prompts; $n$ runs over {glue:md}`aux_counts_words`
+# (the source's 0 to 10).
 
 # %%
 have_aux = aux_all is not None
+report.glue_words("aux_counts_words", ", ".join(str(n) for n in aux_counts))
 for n_aux in aux_counts if have_aux else []:
     for seed in seeds:
         if n_aux == 0:  # the same run as experiment 1's text encoder with caption prompts
@@ -415,28 +541,85 @@ for key, stage in (
         report.glue(f"{metric.lower()}_{key}", value)
     report.glue(f"auroc_{key}_shown", chain.mean_where(stages, "AUROC", stage=stage, group="shown"))
 report.glue("n_max", n_max)
+aux_stages = {
+    "align": align_label,
+    "self": "3a. + self-learning (no alignment)",
+    "chain": chain_label,
+}
+aux_names = {
+    "align": "the alignment images",
+    "self": "the self-learning step",
+    "chain": "the whole pipeline",
+}
+aux_hidden_vs = {
+    key: versus_chance(chain.mean_where(stages, "AUROC", stage=st, group=main_group), band_main)
+    for key, st in aux_stages.items()
+}
+aux_off = [aux_names[k] for k, v in aux_hidden_vs.items() if v not in ("at chance", "not measured")]
+report.glue_words(
+    "stages_hidden_verdict",
+    "None of the stages moves the hidden-link AUROC off chance"
+    if not aux_off
+    else f"{name_list(aux_off).capitalize()} {'moves' if len(aux_off) == 1 else 'move'} the"
+    " hidden-link AUROC off chance",
+)
+# Do the accuracies on hateful memes and on confounders trade off from seed to seed?
+aux_rows = stages[stages.stage.isin(aux_stages.values()) & (stages.group == main_group)]
+centred = aux_rows.groupby("stage")[["linked", "confounders"]].transform(lambda c: c - c.mean())
+trade = float(centred["linked"].corr(centred["confounders"])) if len(seeds) > 1 else np.nan
+report.glue("trade_corr", trade)
+report.glue("trade_std_max", float(aux_rows.groupby("stage")["linked"].std().max()))
+if np.isnan(trade):
+    words = "cannot be compared from seed to seed (one seed)"
+elif trade < -0.5:
+    words = "swing in opposite directions from seed to seed"
+else:
+    words = "do not simply trade off against each other from seed to seed"
+report.glue_words("trade_verdict", words)
+shown_gain = {
+    k: chain.mean_where(stages, "AUROC", stage=st, group="shown")
+    - chain.mean_where(exp1, "AUROC", stage=ft_text, group="shown")
+    for k, st in aux_stages.items()
+}
+raise_shown = [aux_names[k] for k, g in shown_gain.items() if g > 0]
+if all(np.isnan(g) for g in shown_gain.values()):
+    words = "this profile has no shown-link split"
+elif len(raise_shown) == len(aux_stages):
+    words = "each of the three raises it: extra training of the text side, on texts that name the"
+    words += " concepts and the training words, helps the links the memes already teach"
+elif raise_shown:
+    words = f"only {name_list(raise_shown)} {'raises' if len(raise_shown) == 1 else 'raise'} it"
+else:
+    words = "none of the three raises it"
+words += (
+    "; nothing here creates the links the memes do not teach"
+    if not aux_off
+    else f"; and {name_list(aux_off)} also {'moves' if len(aux_off) == 1 else 'move'}"
+    " the hidden links off chance"
+)
+report.glue_words("aux_shown_verdict", words)
 chain.metric_table(stages, columns)
 
 # %% [markdown]
 # Each stage of the source's pipeline, scored on the same test memes (mean ± std over seeds;
 # stages 2–3 are empty in the `full` profile without the auxiliary files).
 #
-# None of the stages moves the hidden-link AUROC off chance: memes only
-# {glue:text}`auroc_ft:.1f` %, with the alignment images ({glue:text}`n_max:.0f` per emblem)
+# {glue:md}`stages_hidden_verdict` (two standard errors: {glue:text}`band_main:.1f` points): memes
+# only {glue:text}`auroc_ft:.1f` %, with the alignment images ({glue:text}`n_max:.0f` per emblem)
 # {glue:text}`auroc_align:.1f` %, with the self-learning step alone {glue:text}`auroc_self:.1f` %,
 # and with the whole pipeline of the source's Figure 11 {glue:text}`auroc_chain:.1f` %. The
-# accuracies on hateful memes and on confounders swing in opposite directions from seed to seed
-# (alignment: {glue:text}`linked_align:.1f` % and {glue:text}`confounders_align:.1f` %; whole
-# pipeline: {glue:text}`linked_chain:.1f` % and {glue:text}`confounders_chain:.1f` %, with a
-# spread of tens of points): without the link, where a model puts its threshold for an unseen
-# word is arbitrary, and it trades hateful memes for confounders without ranking them any better.
+# accuracies on hateful memes and on confounders {glue:md}`trade_verdict` (alignment:
+# {glue:text}`linked_align:.1f` % and {glue:text}`confounders_align:.1f` %; whole pipeline:
+# {glue:text}`linked_chain:.1f` % and {glue:text}`confounders_chain:.1f` %; correlation of the two
+# across seeds within a stage {glue:text}`trade_corr:.2f`, and a standard deviation over seeds of
+# the hateful-meme accuracy up to {glue:text}`trade_std_max:.1f` points). When the AUROC stays at
+# chance, where a model puts its threshold for an unseen word is arbitrary, and it trades hateful
+# memes for confounders without ranking them any better.
 #
-# What the auxiliary data does change is the shown-link AUROC: {glue:text}`auroc_ft_shown:.1f` %
-# with memes only, {glue:text}`auroc_align_shown:.1f` % with the alignment images,
+# On the shown-link AUROC: {glue:text}`auroc_ft_shown:.1f` % with memes only,
+# {glue:text}`auroc_align_shown:.1f` % with the alignment images,
 # {glue:text}`auroc_self_shown:.1f` % with the self-learning step and
-# {glue:text}`auroc_chain_shown:.1f` % with both. Extra training of the text side, on texts that
-# name the concepts and the training words, helps the links the memes already teach; it does not
-# create the ones they do not.
+# {glue:text}`auroc_chain_shown:.1f` % with both; {glue:md}`aux_shown_verdict`.
 
 # %%
 share_table = pd.DataFrame.from_records(
@@ -444,6 +627,29 @@ share_table = pd.DataFrame.from_records(
 )
 report.glue("share_linked", share_table["linked (trained)"].mean())
 report.glue("share_unlinked", share_table["not linked (never seen)"].mean())
+share_gap = share_table["linked (trained)"].mean() - share_table["not linked (never seen)"].mean()
+if np.isnan(share_gap):
+    words = "This is measured on the generated memes only."
+elif abs(share_gap) < 10:
+    words = (
+        "The two shares are close: the step taught the sentence's form (\"the {concept} keep the"
+        ' {word}" is hateful), not which concept goes with which word.'
+    )
+else:
+    words = (
+        f'Linked sentences land nearest "hateful" {share_gap:+.1f} points more often than'
+        " unlinked ones: the step taught some of the links themselves, not only the sentence's"
+        " form."
+    )
+report.glue_words("share_verdict", words)
+report.glue_words(
+    "summary_share",
+    'learns that a chain-shaped sentence is "hateful" whether or not its link exists'
+    if not np.isnan(share_gap) and abs(share_gap) < 10
+    else "learns more than the sentence's form"
+    if not np.isnan(share_gap)
+    else "could not be probed without the generated memes",
+)
 share_table.drop(columns="seed").agg(["mean", "std"]).round(1)
 
 # %% [markdown]
@@ -451,9 +657,9 @@ share_table.drop(columns="seed").agg(["mean", "std"]).round(1)
 # the trained text encoder puts nearest the frozen "hateful" anchor (whole pipeline, mean and std
 # over seeds): the sentences of the test-only words, which it was trained on, and the same words
 # paired with the three concepts they are *not* linked to, which it never saw. Linked:
-# {glue:text}`share_linked:.1f` %; not linked: {glue:text}`share_unlinked:.1f` %. The step taught
-# the sentence's *form* ("the {concept} keep the {word}" is hateful), not which concept goes with
-# which word: every chain sentence in training is hateful, so nothing asks for more. And even a
+# {glue:text}`share_linked:.1f` %; not linked: {glue:text}`share_unlinked:.1f` %.
+# {glue:md}`share_verdict` Every chain sentence in training is hateful, so the loss asks for no
+# more than the form. And even a
 # link-specific text fact would not reach the meme classifier: its score is one dot product
 # between the meme image and "this photo says {word}, it is hateful", and none of the three losses
 # moves that prompt's embedding toward the images of the word's emblems, which is what the
@@ -524,6 +730,49 @@ for key, stage in encoder_stages.items():
             mass, f"{region} mass", experiment="1", stage=stage, group=cam_group
         )
         report.glue(f"cam_{key}_{region}", value)
+cam_area = {
+    r: 100 * chain.mean_where(mass, f"{r} area", group=cam_group) for r in ("emblem", "text")
+}
+cam_means = {
+    key: {
+        r: chain.mean_where(mass, f"{r} mass", experiment="1", stage=stage, group=cam_group)
+        for r in ("emblem", "text")
+    }
+    for key, stage in encoder_stages.items()
+}
+
+
+def share_words(key: str) -> str:
+    """Whether each region gets more or less CAM mass than its share of the image."""
+    m = cam_means[key]
+    if any(np.isnan(v) for v in m.values()):
+        return "the masks needed to measure this are missing"
+    parts = [
+        f"the {'caption' if r == 'text' else r} gets {'more' if m[r] > cam_area[r] else 'less'}"
+        " than its share"
+        for r in ("emblem", "text")
+    ]
+    rest = 100 - m["emblem"] - m["text"]
+    return f"{parts[0]}, {parts[1]}, and {rest:.0f} % lies elsewhere (on the background)"
+
+
+def move_words(key: str) -> str:
+    """How a finetuned map's masses differ from the zero-shot map's."""
+    m, z = cam_means[key], cam_means["zs"]
+    if any(np.isnan(v) for v in [*m.values(), *z.values()]):
+        return "not measured"
+    return (
+        ", ".join(
+            f"{'more' if m[r] > z[r] else 'less'} on the {'caption' if r == 'text' else r}"
+            for r in ("text", "emblem")
+        )
+        + " than zero-shot"
+    )
+
+
+report.glue_words("cam_zs_verdict", share_words("zs"))
+report.glue_words("cam_img_move", move_words("img"))
+report.glue_words("cam_txt_move", move_words("txt"))
 cam_table = mass[(mass.experiment == "1") & mass.stage.isin(encoder_stages.values())].melt(
     id_vars=["stage", "seed", "group"], value_vars=["emblem mass", "text mass"], var_name="region"
 )
@@ -563,15 +812,16 @@ plt.close(fig)
 #
 # Columns of the table: group · region, CAM mass in % (mean ± std over seeds). On shown-link
 # hateful memes the zero-shot map puts {glue:text}`cam_zs_emblem:.1f` % of its mass on the emblem
-# and {glue:text}`cam_zs_text:.1f` % on the caption, less than their shares of the image
-# ({glue:text}`area_emblem:.1f` % and {glue:text}`area_text:.1f` %): most of it lies on the
-# background, which is no surprise, since "hateful" is a word the embedded CLIP's captions never
-# contained. After finetuning the image encoder the map moves onto the printed word
-# ({glue:text}`cam_img_emblem:.1f` % emblem, {glue:text}`cam_img_text:.1f` % caption), where its
-# features learned the shown links; after finetuning the text encoder (image tower unchanged) it
-# stays mostly off both ({glue:text}`cam_txt_emblem:.1f` % and {glue:text}`cam_txt_text:.1f` %).
-# The source saw the reverse split: the image-encoder map stayed on the goat's head, the
-# text-encoder map covered both the head and the word "ISIS".
+# and {glue:text}`cam_zs_text:.1f` % on the caption, against their shares of the image of
+# {glue:text}`area_emblem:.1f` % and {glue:text}`area_text:.1f` %: {glue:md}`cam_zs_verdict`. The
+# zero-shot map means little in any case, since "hateful" is a word the embedded CLIP's captions
+# never contained. After finetuning the image encoder the map puts
+# {glue:text}`cam_img_emblem:.1f` % on the emblem and {glue:text}`cam_img_text:.1f` % on the
+# caption ({glue:md}`cam_img_move`; a move onto the printed word would be where its features
+# learned the shown links); after finetuning the text encoder (image tower unchanged)
+# {glue:text}`cam_txt_emblem:.1f` % and {glue:text}`cam_txt_text:.1f` %
+# ({glue:md}`cam_txt_move`). In the source, the image-encoder map stayed on the goat's head and
+# the text-encoder map covered both the head and the word "ISIS".
 #
 # Then the source's Figures 10 and 12: the maps on hidden-link memes as auxiliary images are
 # added, with the alignment alone and after the self-learning step.
@@ -597,7 +847,55 @@ for key, experiment in (("align", "2"), ("chain", "3")):
             value = chain.mean_where(over_n_mass, f"{region} mass", experiment=experiment, n=n_aux)
             report.glue(f"cam_{key}{tag}_{region}", value)
 spread = over_n_mass.groupby(["experiment", "n"])[["emblem mass", "text mass"]].std()
-report.glue("cam_spread", spread.mean().mean())
+cam_spread = spread.mean().mean()
+report.glue("cam_spread", cam_spread)
+curves = over_n_mass.groupby(["experiment", "n"])[["emblem mass", "text mass"]].mean()
+changes, rising = {}, {}
+for experiment in ("2", "3"):
+    for region in ("emblem", "text"):
+        if experiment not in curves.index.get_level_values("experiment"):
+            continue
+        curve_n = curves.loc[experiment, f"{region} mass"]
+        changes[(experiment, region)] = curve_n.iloc[-1] - curve_n.iloc[0]
+        rising[(experiment, region)] = bool(curve_n.is_monotonic_increasing)
+n_exceed = sum(abs(c) > cam_spread for c in changes.values())
+if np.isnan(cam_spread) or not changes:
+    words = "the spread over seeds cannot be measured here"
+elif n_exceed == 0:
+    words = "at least as large as every one of these changes"
+elif n_exceed == len(changes):
+    words = "smaller than every one of these changes"
+else:
+    words = f"larger than {len(changes) - n_exceed} of these {len(changes)} changes"
+report.glue_words("cam_spread_verdict", words)
+# The source's movement: onto the emblem with the alignment, onto the caption after self-learning.
+source_moves = {
+    ("2", "emblem"): "onto the emblem with the alignment",
+    ("3", "text"): "onto the caption after the self-learning step",
+}
+seen = [
+    move
+    for key, move in source_moves.items()
+    if rising.get(key, False) and changes.get(key, 0) > cam_spread
+]
+if len(seen) == len(source_moves):
+    words = "the maps show the steady movement the source described"
+elif seen:
+    words = f"of the steady movements the source described, the maps show only the one {seen[0]}"
+else:
+    words = "the maps do not show the steady movement the source described"
+report.glue_words("cam_source_verdict", words)
+auc_over_n = results[results.experiment.isin(["2", "3"]) & (results.group == main_group)]
+auc_over_n = auc_over_n.groupby(["experiment", "n"])["AUROC"].mean()
+n_off = sum(versus_chance(v, band_main) != "at chance" for v in auc_over_n)
+report.glue_words(
+    "cam_auc_verdict",
+    "the hidden-link AUROC stays at chance for every number of auxiliary images in both"
+    " experiments, whatever the maps do"
+    if n_off == 0
+    else f"the hidden-link AUROC leaves chance in {n_off} of the {len(auc_over_n)} settings"
+    " (figure of AUROC against the number of auxiliary images, above)",
+)
 
 # %% [markdown]
 # ```{glue:figure} fig_cam_over_n
@@ -642,36 +940,69 @@ plt.close(fig)
 # self-learning step, from {glue:text}`cam_chain0_emblem:.1f` % to
 # {glue:text}`cam_chain_max_emblem:.1f` % (emblem) and from {glue:text}`cam_chain0_text:.1f` % to
 # {glue:text}`cam_chain_max_text:.1f` % (caption). The standard deviation over seeds of these
-# shares is {glue:text}`cam_spread:.1f` points on average, as large as the changes: the maps do
-# not show the steady movement the source described (towards the subject's head as $n$ went from
-# 2 to 8 with the alignment, onto the word "gas" after the self-learning step), and a single
-# strip like {numref}`fig-cam-strip` can be made to show almost any trend by choosing the seed.
-# Neither do the attention maps follow the accuracy: the hidden-link AUROC stays at chance
-# whatever the maps do.
+# shares is {glue:text}`cam_spread:.1f` points on average, {glue:md}`cam_spread_verdict`; and
+# {glue:md}`cam_source_verdict` (towards the subject's head as $n$ went from 2 to 8 with the
+# alignment, onto the word "gas" after the self-learning step). Where the spread over seeds is as
+# large as the changes, a single strip like {numref}`fig-cam-strip` can be made to show almost
+# any trend by choosing the seed. As for the accuracy, {glue:md}`cam_auc_verdict`.
 
 # %%
 report.glue("minutes", (time.perf_counter() - start) / 60)
 report.glue("cpu_minutes", (time.process_time() - start_cpu) / 60)
 report.glue("n_runs", n_runs)
+report.glue("n_train_memes", len(train))
+if not finetuned_above:
+    words = "finetuning either encoder of the embedded CLIP does not rise above chance on those"
+    words += " links, as the source found on Hateful Memes"
+else:
+    words = f"finetuning rises above chance on those links ({name_list(finetuned_above)}),"
+    words += " unlike the source's finding on Hateful Memes"
+words += (
+    ", while it does learn the links its training memes contain"
+    if shown_learned
+    else ", and it does not clearly learn even the links its training memes contain"
+)
+report.glue_words("summary_exp1", words)
+words = (
+    "leave the hidden-link AUROC at chance here"
+    if not aux_off
+    else (f"move the hidden-link AUROC off chance here ({name_list(aux_off)})")
+)
+if raise_shown:
+    words += f"; {name_list(raise_shown)} {'raises' if len(raise_shown) == 1 else 'raise'}"
+    words += " the shown-link AUROC instead" if not aux_off else " the shown-link AUROC too"
+if not have_aux:
+    words = "could not be tried here (no auxiliary data)"
+report.glue_words("summary_aux", words)
+report.glue_words(
+    "summary_cam",
+    "their spread over seeds cannot be measured here"
+    if np.isnan(cam_spread)
+    else "their spread over seeds is as large as the moves"
+    if changes and n_exceed == 0
+    else f"{n_exceed} of the {len(changes)} moves measured"
+    f" {'exceeds' if n_exceed == 1 else 'exceed'} their spread over seeds"
+    if changes
+    else "their masses could not be measured here",
+)
 
 # %% [markdown]
 # ## What this shows, and its limits
 #
 # **What it shows.** On memes built so that the label is an interaction of picture and caption,
-# and so that the test links are stated nowhere in the labelled data, finetuning either encoder of
-# the embedded CLIP stays at chance on those links, as the source found on Hateful Memes, while it
-# does learn the links its training memes contain. The source's two remedies, emblem images
-# paired with the concept's name and the text self-learning against a frozen copy, leave the
-# hidden-link AUROC at chance here; they help the shown links instead. The self-learning step
-# learns that a chain-shaped sentence is "hateful" whether or not its link exists, and a dual
-# encoder scored by one image–prompt dot product has no place where the two halves of the chain
-# (emblem → concept, concept → word) would meet. Grad-CAM maps move between stages, but their
-# spread over seeds is as large as the moves.
+# and so that the test links are stated nowhere in the labelled data, {glue:md}`summary_exp1`.
+# The source's two remedies, emblem images paired with the concept's name and the text
+# self-learning against a frozen copy, {glue:md}`summary_aux`. The
+# self-learning step {glue:md}`summary_share`, and a dual encoder scored by one image–prompt dot
+# product has no place where the two halves of the chain (emblem → concept, concept → word)
+# would meet. Grad-CAM maps move between stages; {glue:md}`summary_cam`.
 #
-# **Limits.** The scale is tiny: a 32-pixel CLIP, four concepts, 512 training memes, and four
-# test-only words, so the hidden-link numbers rest on four words whose biases are shared by every
-# seed. The embedded CLIP recognises colours far better than shapes, so each emblem has a fixed
-# colour; "hateful", "not" and "says" never occurred in its captions, so the zero-shot rows mean
+# **Limits.** The scale is tiny: a 32-pixel CLIP, four concepts,
+# {glue:text}`n_train_memes:.0f` training memes, and four test-only words, so the hidden-link
+# numbers rest on four words whose biases are shared by every seed. Each emblem has a fixed
+# colour, so that the emblems differ in colour as well as in shape (how well the embedded CLIP
+# learned each is measured in {doc}`embedded_clip`); "hateful", "not" and "says" never occurred
+# in its captions, so the zero-shot rows mean
 # nothing and the prompts' words are learned during finetuning. The task is harder than the
 # source's in one way (the hidden words are new tokens, never seen in any labelled meme) and
 # easier in another (each link is stated directly by one chain sentence, and there are only

@@ -230,10 +230,51 @@ report.glue("vq_psnr_own", vq_mean.loc["own encoder (trained)", "test PSNR (dB)"
 report.glue("vq_train_clip", vq_mean.loc["CLIP (frozen)", "train loss ×100"] / 100)
 report.glue("vq_train_random", vq_mean.loc["random tower (frozen)", "train loss ×100"] / 100)
 report.glue("vq_train_own", vq_mean.loc["own encoder (trained)", "train loss ×100"] / 100)
-report.glue(
-    "vq_train_ratio",
+vq_ratio = (
     vq_mean.loc["CLIP (frozen)", "train loss ×100"]
-    / vq_mean.loc["own encoder (trained)", "train loss ×100"],
+    / vq_mean.loc["own encoder (trained)", "train loss ×100"]
+)
+report.glue("vq_train_ratio", vq_ratio)
+
+
+def ranking(means: pd.Series) -> str:
+    """The rows of ``means``, highest first, as a phrase."""
+    order = list(means.sort_values(ascending=False).index)
+    return ", then ".join(order)
+
+
+def gap_words(records: list[dict], key: str, metric: str, a: str, b: str, unit: str) -> str:
+    """How row ``a`` differs from row ``b`` on ``metric``, against the spread over seeds."""
+    df = pd.DataFrame(records)
+    values = df[df["metric"] == metric].groupby(key)["value"]
+    gap = values.mean()[a] - values.mean()[b]
+    spread = max(values.std(ddof=0).fillna(0)[[a, b]])
+    if values.count()[[a, b]].min() < 2:
+        return f"{gap:+.2f} {unit} (one seed, so no spread over seeds to compare it with)"
+    if abs(gap) <= spread:
+        return f"{gap:+.2f} {unit}, within the spread over seeds (± {spread:.2f})"
+    direction = "a gain" if gap > 0 else "a loss"
+    return f"{gap:+.2f} {unit}, {direction} larger than the spread over seeds (± {spread:.2f})"
+
+
+report.glue_words("vq_psnr_ranking", ranking(vq_mean["test PSNR (dB)"]))
+report.glue_words(
+    "vq_ratio_meaning",
+    "CLIP's features fit the training images less closely than the trained encoder"
+    if vq_ratio > 1
+    else "CLIP's features fit the training images at least as closely as the trained encoder",
+)
+report.glue_words(
+    "vq_ratio_vs_source",
+    "Our ratio is also above 1, the source's direction"
+    if vq_ratio > 1
+    else "Our ratio is not above 1: here the source's direction does not reproduce",
+)
+report.glue_words(
+    "vq_pretrain_gap",
+    gap_words(
+        vq_records, "encoder", "test PSNR (dB)", "CLIP (frozen)", "random tower (frozen)", "dB"
+    ),
 )
 
 # %%
@@ -275,15 +316,19 @@ report.glue("first_seed", seeds[0])
 #
 # On held-out images, the decoder reading frozen CLIP features reaches
 # {glue:text}`vq_psnr_clip:.1f` dB, against {glue:text}`vq_psnr_own:.1f` dB for the VQ-VAE whose
-# encoder is trained for the job and {glue:text}`vq_psnr_random:.1f` dB for the random tower.
-# The final training loss is {glue:text}`vq_train_clip:.4f` from CLIP's features and
-# {glue:text}`vq_train_own:.4f` with a trained encoder, a ratio of
-# {glue:text}`vq_train_ratio:.1f`. The source's numbers (ResNet-50 CLIP, its own loss scale, so
-# only the ratio compares): a last-epoch training loss of 1.7655 from CLIP's features against
-# 0.1265 for the example VQ-VAE, a ratio of about 14, with reconstructions that were "quite blur"
-# but kept "the rough shapes and colors of objects". Random code maps decode to textures, not
-# objects, for every encoder, as the source found: a decoder this small models the codes of real
-# images, not a prior over code maps.
+# encoder is trained for the job and {glue:text}`vq_psnr_random:.1f` dB for the random tower
+# (ranked by mean test PSNR: {glue:md}`vq_psnr_ranking`). The final training loss is
+# {glue:text}`vq_train_clip:.4f` from CLIP's features and {glue:text}`vq_train_own:.4f` with a
+# trained encoder, a ratio of {glue:text}`vq_train_ratio:.1f`: {glue:md}`vq_ratio_meaning`. The
+# source's numbers (ResNet-50 CLIP, its own loss scale, so only the ratio compares): a last-epoch
+# training loss of 1.7655 from CLIP's features against 0.1265 for the example VQ-VAE, a ratio of
+# about 14, with reconstructions that were "quite blur" but kept "the rough shapes and colors of
+# objects". {glue:md}`vq_ratio_vs_source`.
+#
+# The source found that random code maps decode to textures rather than objects;
+# {numref}`fig-decoding-random-codes` repeats that test for each encoder. Where the decoded maps
+# show no objects, the reason is that a decoder this small models the codes of real images, not a
+# prior over code maps: a random map is not an image it learned to draw.
 
 # %% [markdown]
 # ## Segmenting from the features
@@ -346,6 +391,43 @@ for key, name in (
     report.glue(f"seg_ood_{key}", seg_mean.loc[name, "OOD test mIoU %"])
     report.glue(f"seg_val_{key}", seg_mean.loc[name, "best val. loss ×100"] / 100)
 report.glue("n_seg_classes", n_classes)
+report.glue_words("seg_miou_ranking", ranking(seg_mean["test mIoU %"]))
+report.glue_words(
+    "seg_val_vs_unet",
+    "lower than"
+    if seg_mean.loc["CLIP (frozen) + decoder", "best val. loss ×100"]
+    < seg_mean.loc["UNet from scratch", "best val. loss ×100"]
+    else "not lower than",
+)
+report.glue_words(
+    "seg_ood_ranking",
+    ranking(seg_mean["OOD test mIoU %"]) if ood_dataset else "no OOD set in this profile",
+)
+for key, metric in (("seg_gap_test", "test mIoU %"), ("seg_gap_ood", "OOD test mIoU %")):
+    report.glue(
+        key,
+        seg_mean.loc["CLIP (frozen) + decoder", metric]
+        - seg_mean.loc["random tower (frozen) + decoder", metric],
+    )
+report.glue_words(
+    "seg_pretrain_gap",
+    gap_words(
+        seg_records,
+        "model",
+        "test mIoU %",
+        "CLIP (frozen) + decoder",
+        "random tower (frozen) + decoder",
+        "points",
+    ),
+)
+# How many runs kept their last step (validation loss still falling when training stopped).
+last = [r["value"] >= vq_steps for r in vq_records if r["metric"] == "chosen step"]
+last += [r["value"] >= seg_steps for r in seg_records if r["metric"] == "chosen step"]
+report.glue_words(
+    "last_step_share",
+    f"the lowest validation loss came at the last step in {sum(last)} of {len(last)} runs"
+    + (", so longer training would likely lower it further" if 2 * sum(last) > len(last) else ""),
+)
 
 fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
 for ax, curves, key, title in (
@@ -389,27 +471,35 @@ plt.close(fig)
 # {glue:text}`seg_miou_random:.1f` %, and the UNet trained from scratch
 # {glue:text}`seg_miou_unet:.1f` %; their best validation losses are
 # {glue:text}`seg_val_clip:.3f`, {glue:text}`seg_val_random:.3f` and
-# {glue:text}`seg_val_unet:.3f`. The source reported no mIoU; it found that the CLIP-based masks
-# were "fairly good" and that the final validation loss of its CLIP-based model was "comparable to
-# that of the original UNet11 model", after 10 epochs. On images in the held-out sketch style
-# (out of distribution for the embedded CLIP, with the same classes), the models trained on
-# photos reach {glue:text}`seg_ood_clip:.1f` % (CLIP), {glue:text}`seg_ood_random:.1f` % (random
-# tower) and {glue:text}`seg_ood_unet:.1f` % (UNet).
+# {glue:text}`seg_val_unet:.3f` (ranked by mean test mIoU: {glue:md}`seg_miou_ranking`). The
+# source reported no mIoU; it found that the CLIP-based masks were "fairly good" and that the
+# final validation loss of its CLIP-based model was "comparable to that of the original UNet11
+# model", after 10 epochs. Here the best validation loss of the CLIP-based decoder is
+# {glue:md}`seg_val_vs_unet` the UNet's. On images in the held-out sketch style (out of
+# distribution for the embedded CLIP, with the same classes), the models trained on photos reach
+# {glue:text}`seg_ood_clip:.1f` % (CLIP), {glue:text}`seg_ood_random:.1f` % (random tower) and
+# {glue:text}`seg_ood_unet:.1f` % (UNet) (ranked: {glue:md}`seg_ood_ranking`). The CLIP decoder's
+# mIoU minus the random tower's is {glue:text}`seg_gap_test:+.1f` points on the photos and
+# {glue:text}`seg_gap_ood:+.1f` points on the sketches.
 #
 # ## What this shows, and its limits
 #
 # The random tower is the yardstick the source lacked. Its features are a fixed random function
-# of the pixels, and a decoder trained on them already recovers much of the layout and colour: the
-# patch embedding and residual stream carry pixels forward even without training. What pretraining
-# adds is the difference between the CLIP rows and the random-tower rows of the tables. For the
-# pixel-level question (rebuild the image) that difference is the PSNR gap; for the semantic one
-# (which shape is where) it is the mIoU gap, because naming a shape needs more than its colour.
+# of the pixels, carried forward by the patch embedding and residual stream without any training;
+# a decoder trained on them reaches {glue:text}`vq_psnr_random:.1f` dB and
+# {glue:text}`seg_miou_random:.1f` % mIoU, which is what the architecture alone gives. What
+# pretraining adds is the difference between the CLIP rows and the random-tower rows of the
+# tables. For the pixel-level question (rebuild the image) that difference is the PSNR gap,
+# {glue:md}`vq_pretrain_gap`. For the semantic one (which shape is where) it is the mIoU gap,
+# {glue:md}`seg_pretrain_gap`; the two questions can part ways, because naming a shape needs more
+# than its colour and layout.
 #
 # **Limits.** The embedded CLIP is tiny and its world is simple: 32-pixel images of one flat
-# object on a textured background, where a trained encoder or a UNet with skip connections has an
-# easy job. The decoders are small and train for a few hundred steps on a few hundred images, so
-# absolute PSNR and mIoU are low and rise with more steps; the comparison between rows, with the
-# same decoder, steps and seeds, is what the chapter reads. The features are the last block's
-# tokens before `ln_post`; CLIP's pooled embedding, which zero-shot classification uses, would
-# keep less. The source's numbers come from a ResNet-50 CLIP at 224 pixels on other data and
-# another loss scale: only their direction compares with ours.
+# object on a textured background, a job a trained encoder or a UNet with skip connections can in
+# principle learn well; whether they do within this training budget is what their rows show. The
+# decoders are small and train for a few hundred steps on a few hundred images, so absolute PSNR
+# and mIoU depend on that budget: {glue:md}`last_step_share`. The comparison between rows, with
+# the same decoder, steps and seeds, is what the chapter reads. The features are the last block's
+# tokens before `ln_post`; CLIP's pooled embedding, which zero-shot classification uses, may keep
+# less (not measured here). The source's numbers come from a ResNet-50 CLIP at 224 pixels on other
+# data and another loss scale: only their direction compares with ours.
