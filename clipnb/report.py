@@ -56,6 +56,14 @@ def glue_words(name: str, text: str) -> None:
     _glue(name, Markdown(text), display=False)
 
 
+def join_words(items: Sequence[str], empty: str = "none") -> str:
+    """``["a", "b", "c"]`` -> ``"a, b and c"``: a list inside a computed sentence."""
+    items = list(items)
+    if not items:
+        return empty
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
 def _png_figures() -> None:
     """Have IPython render figures as PNG under any backend (``MPLBACKEND=Agg`` disables inline).
 

@@ -237,10 +237,6 @@ def level(kappa: float, short: bool = False) -> str:
     return next(lv[2 if short else 1] for lv in LEVELS if kappa >= lv[0])
 
 
-def join_words(items: list[str]) -> str:
-    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
-
-
 plural = {"shape": "shapes", "colour": "colours", "digit": "printed digits"}
 seen = zs[zs["style"].isin(world.PRETRAIN_STYLES)].groupby("task", sort=False)["kappa"].mean()
 report.glue_words(
@@ -249,13 +245,13 @@ report.glue_words(
 )
 report.glue_words(
     "seen_levels_short",
-    join_words([f"{level(k, short=True)} for {plural[t]}" for t, k in seen.items()]),
+    report.join_words([f"{level(k, short=True)} for {plural[t]}" for t, k in seen.items()]),
 )
 short_of_well = [plural[t] for t, k in seen.items() if k < KAPPA_BOUNDS[1]]
 report.glue_words(
     "budget_reason",
     (
-        f"For {join_words(short_of_well)}, the likely reason is the budget: a ViT learning"
+        f"For {report.join_words(short_of_well)}, the likely reason is the budget: a ViT learning"
         " shapes or small glyphs in a"
         f" {bundle.image_size}-pixel image from scratch needs many more than"
         f" {config.steps} steps"
@@ -268,7 +264,9 @@ report.glue_words(
 heldout_kappa = zs[zs["style"] == world.HELD_OUT_STYLE].set_index("task")["kappa"]
 report.glue_words(
     "heldout_levels",
-    join_words([f"{level(k, short=True)} for {plural[t]}" for t, k in heldout_kappa.items()]),
+    report.join_words(
+        [f"{level(k, short=True)} for {plural[t]}" for t, k in heldout_kappa.items()]
+    ),
 )
 hw_kappa = float(zs.loc[zs.task == "handwritten digit", "kappa"].iloc[0])
 report.glue_words("handwritten_level", level(hw_kappa, short=True))
@@ -288,12 +286,12 @@ ood = [
 ]
 if seen_ok and ood:
     contrast = (
-        f"The clean contrast is between {join_words(seen_ok)} in seen styles and"
-        f" {join_words(ood)}, where zero-shot is near chance"
+        f"The clean contrast is between {report.join_words(seen_ok)} in seen styles and"
+        f" {report.join_words(ood)}, where zero-shot is near chance"
     )
 elif seen_ok:
     contrast = (
-        f"{join_words(seen_ok).capitalize()} are learned at least partly in seen styles, but no"
+        f"{report.join_words(seen_ok).capitalize()} are learned at least partly in seen styles, but no"
         " out-of-distribution set is near chance, so the in/out contrast is one of degree"
     )
 else:

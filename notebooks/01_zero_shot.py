@@ -217,12 +217,6 @@ report.glue("c_chosen_min", clip_probe["C"].min())
 report.glue("c_chosen_max", clip_probe["C"].max())
 
 
-def join_words(items: list[str]) -> str:
-    if not items:
-        return "none"
-    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
-
-
 # Verdicts for the prose.
 report.glue("n_ensemble_helps", float((ensemble_gain > 0).sum()))
 report.glue("n_ensemble_hurts", float((ensemble_gain < 0).sum()))
@@ -345,7 +339,7 @@ below_names = [d for d in few_means.index if one_shot_below[d]]
 above_names = [d for d in few_means.index if not one_shot_below[d]]
 report.glue_words(
     "one_shot_below_sentence",
-    f"In this profile those are {join_words(below_names)}: there one example"
+    f"In this profile those are {report.join_words(below_names)}: there one example"
     " per class is worth less than the class name, the effect the CLIP paper reported for real"
     " CLIP at 1–2 shots."
     if below_names
@@ -354,7 +348,7 @@ report.glue_words(
 )
 report.glue_words(
     "one_shot_above_sentence",
-    f"On {join_words(above_names)}, even one labelled example per class"
+    f"On {report.join_words(above_names)}, even one labelled example per class"
     " matches or beats the zero-shot ensemble."
     if above_names
     else "On no dataset does one labelled example per class reach the zero-shot ensemble.",

@@ -247,10 +247,6 @@ MMS_PAIRS = {
 }
 
 
-def name_list(names: list[str]) -> str:
-    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
-
-
 finetuned = list(clipood.METHODS)
 dg_avg_means = dg_means[avg_col]
 best_ft = dg_avg_means[finetuned].idxmax()
@@ -275,7 +271,7 @@ report.glue_words(
     if not beat_zs
     else "all four finetuned models come out ahead"
     if len(beat_zs) == len(finetuned)
-    else f"only {name_list(beat_zs)} {'comes' if len(beat_zs) == 1 else 'come'} out ahead",
+    else f"only {report.join_words(beat_zs)} {'comes' if len(beat_zs) == 1 else 'come'} out ahead",
 )
 erm_loss = dg_avg_means["zero-shot"] - dg_avg_means["ERM (CE)"]
 bma_back = dg_avg_means["CE + BMA"] - dg_avg_means["ERM (CE)"]
@@ -297,7 +293,7 @@ report.glue_words(
     "dg_headline",
     "does not appear here; what can be compared is how much each method loses"
     if not beat_zs
-    else f"appears here for {name_list(beat_zs)}",
+    else f"appears here for {report.join_words(beat_zs)}",
 )
 
 # %% [markdown]

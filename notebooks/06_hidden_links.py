@@ -214,10 +214,6 @@ def versus_chance(value: float, band: float) -> str:
     )
 
 
-def name_list(names: list[str]) -> str:
-    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
-
-
 report.glue("acc_band_first", acc_band(first))
 alone = {
     "the emblem alone": probe_rows.get("emblem alone (caption band blanked)", {}).get(
@@ -235,7 +231,7 @@ report.glue_words(
     "both stay at chance: the confounders do their job, neither the picture nor the words alone"
     " carry the label"
     if not off
-    else f"{name_list(off)} {'is' if len(off) == 1 else 'are'} off chance, so the confounders do"
+    else f"{report.join_words(off)} {'is' if len(off) == 1 else 'are'} off chance, so the confounders do"
     " not fully hide the label",
 )
 image_vs = versus_chance(probe_rows["meme image (emblem + printed word)"][first], acc_band(first))
@@ -369,7 +365,7 @@ report.glue_words(
     "exp1_hidden_verdict",
     "no setting ranks the memes above chance"
     if not above
-    else f"{name_list(above)} {'ranks' if len(above) == 1 else 'rank'} the memes above chance",
+    else f"{report.join_words(above)} {'ranks' if len(above) == 1 else 'rank'} the memes above chance",
 )
 acc_best_vs = versus_chance(
     max(chain.mean_where(exp1, "accuracy", stage=s, group=main_group) for s in hidden_vs),
@@ -560,7 +556,7 @@ report.glue_words(
     "stages_hidden_verdict",
     "None of the stages moves the hidden-link AUROC off chance"
     if not aux_off
-    else f"{name_list(aux_off).capitalize()} {'moves' if len(aux_off) == 1 else 'move'} the"
+    else f"{report.join_words(aux_off).capitalize()} {'moves' if len(aux_off) == 1 else 'move'} the"
     " hidden-link AUROC off chance",
 )
 # Do the accuracies on hateful memes and on confounders trade off from seed to seed?
@@ -588,13 +584,15 @@ elif len(raise_shown) == len(aux_stages):
     words = "each of the three raises it: extra training of the text side, on texts that name the"
     words += " concepts and the training words, helps the links the memes already teach"
 elif raise_shown:
-    words = f"only {name_list(raise_shown)} {'raises' if len(raise_shown) == 1 else 'raise'} it"
+    words = (
+        f"only {report.join_words(raise_shown)} {'raises' if len(raise_shown) == 1 else 'raise'} it"
+    )
 else:
     words = "none of the three raises it"
 words += (
     "; nothing here creates the links the memes do not teach"
     if not aux_off
-    else f"; and {name_list(aux_off)} also {'moves' if len(aux_off) == 1 else 'move'}"
+    else f"; and {report.join_words(aux_off)} also {'moves' if len(aux_off) == 1 else 'move'}"
     " the hidden links off chance"
 )
 report.glue_words("aux_shown_verdict", words)
@@ -955,7 +953,7 @@ if not finetuned_above:
     words = "finetuning either encoder of the embedded CLIP does not rise above chance on those"
     words += " links, as the source found on Hateful Memes"
 else:
-    words = f"finetuning rises above chance on those links ({name_list(finetuned_above)}),"
+    words = f"finetuning rises above chance on those links ({report.join_words(finetuned_above)}),"
     words += " unlike the source's finding on Hateful Memes"
 words += (
     ", while it does learn the links its training memes contain"
@@ -966,10 +964,10 @@ report.glue_words("summary_exp1", words)
 words = (
     "leave the hidden-link AUROC at chance here"
     if not aux_off
-    else (f"move the hidden-link AUROC off chance here ({name_list(aux_off)})")
+    else (f"move the hidden-link AUROC off chance here ({report.join_words(aux_off)})")
 )
 if raise_shown:
-    words += f"; {name_list(raise_shown)} {'raises' if len(raise_shown) == 1 else 'raise'}"
+    words += f"; {report.join_words(raise_shown)} {'raises' if len(raise_shown) == 1 else 'raise'}"
     words += " the shown-link AUROC instead" if not aux_off else " the shown-link AUROC too"
 if not have_aux:
     words = "could not be tried here (no auxiliary data)"

@@ -31,3 +31,12 @@ def test_atomic_files_are_readable_like_ordinary_files(tmp_path):
     assert stat.S_IMODE(os.stat(text).st_mode) == expected
     assert stat.S_IMODE(os.stat(weights).st_mode) == expected
     assert torch.equal(torch.load(weights)["w"], torch.ones(2))
+
+
+def test_join_words_reads_as_a_list_in_a_sentence():
+    from clipnb.report import join_words
+
+    assert join_words([]) == "none"
+    assert join_words([], empty="no dataset") == "no dataset"
+    assert join_words(["digits"]) == "digits"
+    assert join_words(["a", "b", "c"]) == "a, b and c"
