@@ -133,13 +133,28 @@ def parse_assignment(text: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
+#: Files that only orchestrate runs: editing them changes no result, so it re-runs no study.
+#: (The registry's parameters are hashed on their own, per study.)
+ORCHESTRATION_FILES = ("runner.py", "__main__.py", "studies.py")
+
+
 def package_hash() -> str:
+    """A hash of the clipnb sources that compute results (a change re-runs every study)."""
     files = [
         p
         for p in PACKAGE_DIR.rglob("*")
-        if p.suffix in (".py", ".json") and "__pycache__" not in p.parts
+        if p.suffix in (".py", ".json")
+        and "__pycache__" not in p.parts
+        and p.relative_to(PACKAGE_DIR).as_posix() not in ORCHESTRATION_FILES
     ]
     return tree_hash(files, PACKAGE_DIR)
+
+
+def format_metric(value: float) -> str:
+    """Percentages and minutes with one decimal; scores below 1 (ARI, AMI, ...) with three."""
+    if value != value:  # NaN: a metric this profile cannot compute
+        return "n/a"
+    return f"{value:.1f}" if abs(value) >= 1 else f"{value:.3f}"
 
 
 def resolve(
@@ -366,7 +381,7 @@ def write_pages(out_dir: Path) -> None:
         res = results.get(study.name)
         for key, label in study.headline.items():
             value = res["metrics"].get(key) if res else None
-            shown = "not run" if value is None else f"{value:.1f}"
+            shown = "not run" if value is None else format_metric(value)
             profile = res["profile"] if res else "—"
             title = f"[{study.title}]({study.name}.ipynb)" if res else study.title
             lines.append(f"| {title} | {label} | {shown} | {profile} |")

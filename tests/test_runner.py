@@ -141,3 +141,24 @@ def test_glued_values_reads_myst_nb_records():
 
 def test_out_dir_default_is_in_book(repo):
     assert runner.default_out_dir() == Path(repo) / "book" / "executed"
+
+
+def test_package_hash_follows_result_code_not_orchestration(tmp_path, monkeypatch):
+    pkg = tmp_path / "clipnb"
+    pkg.mkdir()
+    for name in ("features.py", "runner.py", "studies.py"):
+        (pkg / name).write_text("x = 1\n")
+    monkeypatch.setattr(runner, "PACKAGE_DIR", pkg)
+    before = runner.package_hash()
+    (pkg / "runner.py").write_text("x = 2\n")
+    (pkg / "studies.py").write_text("x = 2\n")
+    assert runner.package_hash() == before
+    (pkg / "features.py").write_text("x = 2\n")
+    assert runner.package_hash() != before
+
+
+def test_summary_keeps_the_precision_of_small_scores():
+    assert runner.format_metric(41.63) == "41.6"
+    assert runner.format_metric(0.1234) == "0.123"
+    assert runner.format_metric(-0.004) == "-0.004"
+    assert runner.format_metric(float("nan")) == "n/a"
