@@ -116,18 +116,6 @@ def _encode_text(model: nn.Module, tokens: torch.Tensor, batch: int = 512) -> to
     return F.normalize(torch.cat(chunks), dim=-1)
 
 
-def _bundle(bundle: ClipBundle, model: nn.Module, tag: str) -> ClipBundle:
-    """``model`` behind ``bundle``'s preprocessing and tokenizer."""
-    return ClipBundle(
-        model=model,
-        preprocess=bundle.preprocess,
-        tokenizer=bundle.tokenizer,
-        name=bundle.name,
-        pretrained=bundle.pretrained,
-        fingerprint=f"{bundle.fingerprint}+{tag}",
-    )
-
-
 @dataclass
 class MemeClassifier:
     """A (possibly finetuned) CLIP with a pair of candidate prompts per sample.
@@ -410,7 +398,7 @@ def finetune_memes(
 
     def current() -> MemeClassifier:
         return MemeClassifier(
-            _bundle(bundle, model, "memes"), tuple(templates), bundle, image_trains
+            bundle.with_model(model, "memes"), tuple(templates), bundle, image_trains
         )
 
     result = MemeTraining(classifier=base, part=part, steps=steps, chosen_step=0)

@@ -30,6 +30,7 @@ from .evaluation import accuracy, select_on_validation, zero_shot_logits
 from .features import SINGLE_TEMPLATE, class_embeddings, encode_images, image_tensors
 from .finetune import (
     IMAGE_PARTS,
+    FinetuneResult,
     LossFn,
     _with_average,
     cross_entropy_loss,
@@ -138,6 +139,30 @@ def zero_shot(bundle: ClipBundle, split: ImageSet) -> float:
     )
 
 
+def _finetune_image_side(
+    bundle: ClipBundle,
+    train: ImageSet,
+    config: TrialConfig,
+    batch_size: int,
+    averagers: Mapping[str, Any],
+    **evaluation: Any,
+) -> FinetuneResult:
+    """CLIPood's training: image side only, MMS at ``config.margin``, every average carried along."""
+    return finetune(
+        bundle,
+        IMAGE_PARTS,
+        train,
+        _prompt_texts(train.class_names, TEMPLATE),
+        steps=config.steps,
+        lr=config.lr,
+        batch_size=batch_size,
+        seed=config.seed,
+        loss_fn=mms_loss(config.margin),
+        averager=averagers,
+        **evaluation,
+    )
+
+
 def run_trial(
     bundle: ClipBundle,
     train: ImageSet,
@@ -164,18 +189,7 @@ def run_trial(
                 f"unknown weight averages {sorted(unknown)}; known: {list(averagers)}."
             )
         averagers = {k: v for k, v in averagers.items() if k == "raw" or k in members}
-    result = finetune(
-        bundle,
-        IMAGE_PARTS,
-        train,
-        _prompt_texts(train.class_names, TEMPLATE),
-        steps=config.steps,
-        lr=config.lr,
-        batch_size=batch_size,
-        seed=config.seed,
-        loss_fn=mms_loss(config.margin),
-        averager=averagers,
-    )
+    result = _finetune_image_side(bundle, train, config, batch_size, averagers)
     raw = result.bundle.model  # the first averager: the latest weights
     scratch = None  # one copy whose trainable weights each average overwrites in turn
     records = []
@@ -258,8 +272,9 @@ def run_experiment(
         TrialConfig(int(t), float(lr), float(m), int(seeds[0]))
         for t, lr, m in itertools.product(steps, lrs, margins)
     ]
-    for config in tqdm(grid_configs, desc="grid (seed 0)", disable=not progress, leave=False):
-        done[config] = run_trial(
+
+    def trial(config: TrialConfig, **subset: Any) -> list[dict[str, Any]]:
+        return run_trial(
             bundle,
             train_for(config.seed),
             evaluator,
@@ -267,7 +282,11 @@ def run_experiment(
             betas=betas,
             ema_decay=ema_decay,
             batch_size=batch_size,
+            **subset,
         )
+
+    for config in tqdm(grid_configs, desc="grid (seed 0)", disable=not progress, leave=False):
+        done[config] = trial(config)
     grid = pd.DataFrame([r for c in grid_configs for r in done[c]])
     scores = grid.set_index(["steps", "lr", "margin", "member", "split"])["accuracy"]
 
@@ -295,17 +314,7 @@ def run_experiment(
     for config, members in tqdm(
         extra, desc="selected settings, other seeds", disable=not progress, leave=False
     ):
-        done[config] = run_trial(
-            bundle,
-            train_for(config.seed),
-            evaluator,
-            config,
-            betas=betas,
-            ema_decay=ema_decay,
-            batch_size=batch_size,
-            members=members,
-            splits=report,
-        )
+        done[config] = trial(config, members=members, splits=report)
 
     rows = []
     for method, (config, member) in selected.items():
@@ -347,19 +356,8 @@ def trajectory(
         "EMA": ExponentialMovingAverage(decay=ema_decay),
         "BMA": BetaMovingAverage(beta=beta, total_steps=config.steps),
     }
-    result = finetune(
-        bundle,
-        IMAGE_PARTS,
-        train,
-        _prompt_texts(train.class_names, TEMPLATE),
-        steps=config.steps,
-        lr=config.lr,
-        batch_size=batch_size,
-        seed=config.seed,
-        loss_fn=mms_loss(config.margin),
-        averager=averagers,
-        eval_sets=dict(eval_sets),
-        eval_every=every,
+    result = _finetune_image_side(
+        bundle, train, config, batch_size, averagers, eval_sets=dict(eval_sets), eval_every=every
     )
     rows = [
         {"step": 0, "model": m, "split": name, "accuracy": acc}

@@ -278,14 +278,7 @@ def finetune(
         model = _with_average(model, next(iter(averagers.values())))
     for p in model.parameters():
         p.requires_grad_(False)
-    result.bundle = ClipBundle(
-        model=model,
-        preprocess=bundle.preprocess,
-        tokenizer=bundle.tokenizer,
-        name=bundle.name,
-        pretrained=bundle.pretrained,
-        fingerprint=f"{bundle.fingerprint}+finetuned",
-    )
+    result.bundle = bundle.with_model(model, "finetuned")
     return result
 
 

@@ -64,6 +64,20 @@ class ClipBundle:
     def tokenize(self, texts: list[str]) -> torch.Tensor:
         return self.tokenizer(texts)
 
+    def with_model(self, model: nn.Module, tag: str) -> ClipBundle:
+        """``model`` (e.g. a finetuned copy) behind this bundle's preprocessing and tokenizer.
+
+        ``tag`` extends the fingerprint, so caches never mix the two models' features.
+        """
+        return ClipBundle(
+            model=model,
+            preprocess=self.preprocess,
+            tokenizer=self.tokenizer,
+            name=self.name,
+            pretrained=self.pretrained,
+            fingerprint=f"{self.fingerprint}+{tag}",
+        )
+
 
 def list_models() -> list[str]:
     """Every architecture name open_clip knows, including the project's own."""

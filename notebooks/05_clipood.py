@@ -135,9 +135,8 @@ report.glue("batch_size", batch_size)
 # order of the batches). Tables show mean ± std over {glue:text}`n_seeds:.0f` seeds. To fit the
 # embedded profile's budget its grid is tiny: the learning rate ({glue:text}`lr_first:.0e`), the
 # batch size ({glue:text}`batch_size:.0f`) and the number of steps ({glue:text}`steps_first:.0f`)
-# have one value each, picked beforehand on a training-domain validation split (a learning rate
-# three times higher made validation accuracy oscillate), so only $\lambda$ and $\beta$ are
-# really searched; the `full` profile searches learning rates and step counts too.
+# have one value each, fixed in the parameters cell (change them there to search them), so only
+# $\lambda$ and $\beta$ are searched on validation in this build; the `full` profile searches learning rates and step counts too.
 #
 # ## Leave one domain out
 #

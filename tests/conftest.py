@@ -11,6 +11,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+import torch
 
 _CACHE = Path(tempfile.mkdtemp(prefix="clipnb-test-cache-"))
 os.environ["CLIPNB_CACHE"] = str(_CACHE)
@@ -41,3 +42,12 @@ def fresh_cache(tmp_path, monkeypatch) -> Path:
     """An empty cache folder for tests that count cache hits."""
     monkeypatch.setenv("CLIPNB_CACHE", str(tmp_path / "cache"))
     return tmp_path / "cache"
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run fastest single-threaded on the shared 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

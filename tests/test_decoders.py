@@ -27,14 +27,7 @@ from clipnb.decoders import (
 )
 from clipnb.spatial import _to_batch_first, spatial_features, tower_kind
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models run fastest single-threaded on the shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _tiny_clip() -> open_clip.CLIP:
