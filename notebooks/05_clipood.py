@@ -136,7 +136,8 @@ report.glue("batch_size", batch_size)
 # embedded profile's budget its grid is tiny: the learning rate ({glue:text}`lr_first:.0e`), the
 # batch size ({glue:text}`batch_size:.0f`) and the number of steps ({glue:text}`steps_first:.0f`)
 # have one value each, fixed in the parameters cell (change them there to search them), so only
-# $\lambda$ and $\beta$ are searched on validation in this build; the `full` profile searches learning rates and step counts too.
+# $\lambda$ and $\beta$ are searched on validation in this build; the `full` profile searches
+# learning rates and step counts too.
 #
 # ## Leave one domain out
 #
