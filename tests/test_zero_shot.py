@@ -73,6 +73,18 @@ def test_c_is_chosen_on_validation_not_test(monkeypatch):
     )
 
 
+def test_warm_started_probe_path_reaches_the_cold_start_optimum():
+    train, val = _blobs(20, 1), _blobs(20, 2)
+    path = evaluation.fit_probe_path(train.x, train.y.numpy(), Cs=CS[::-1])  # any order
+    assert sorted(path) == sorted(CS)
+    for C, warm in path.items():
+        cold = evaluation.LogisticRegression(C=C, max_iter=1000).fit(train.x.numpy(), train.y)
+        warm_p, cold_p = warm.predict_proba(val.x.numpy()), cold.predict_proba(val.x.numpy())
+        np.testing.assert_array_equal(warm_p.argmax(1), cold_p.argmax(1))
+        # lbfgs stops at its tolerance, so the nearly unregularised fits agree to ~1e-2.
+        np.testing.assert_allclose(warm_p, cold_p, atol=2e-2)
+
+
 def test_probe_records_use_the_few_shot_draws():
     splits = {"train": _blobs(10, 1), "val": _blobs(5, 2), "test": _blobs(5, 3)}
     records = baselines.probe_records("blobs", "clip", splits, shots=[1, 2], seeds=[0, 1], Cs=CS)
