@@ -78,8 +78,9 @@ plt.close(fig)
 # on a patch grid (so Grad-CAM and the decoders have spatial tokens) and open_clip's text
 # transformer and tokenizer. The image embedding is the mean of the patch tokens (open_clip's
 # `pool_type: avg`) rather than the class token: in the sizing runs for this budget it learned
-# shapes faster, as global average pooling does for small ViTs trained from scratch. For a batch of $N$ pairs with normalised embeddings $I_i, T_j$ and a
-# learned temperature $t$, the contrastive loss is
+# shapes faster, as global average pooling does for small ViTs trained from scratch. For a batch
+# of $N$ pairs with normalised embeddings $I_i, T_j$ and a learned temperature $t$, the
+# contrastive loss is
 #
 # $$
 # \mathcal{L} = \frac{1}{2N} \sum_{i=1}^{N} \left[
