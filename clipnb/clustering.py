@@ -31,6 +31,8 @@ from sklearn.metrics import (
 )
 from sklearn.preprocessing import normalize
 
+from .utils import one_blas_thread
+
 __all__ = [
     "CLUSTER_METRICS",
     "cluster_and_score",
@@ -276,8 +278,9 @@ def noisy_probe_accuracy(
     if present.size == 1:
         pred = np.full(test_codes.shape, present[0])
     else:
-        probe = LogisticRegression(C=C, solver="lbfgs", max_iter=1000)
-        pred = probe.fit(xtr, noisy).predict(xte)
+        with one_blas_thread():
+            probe = LogisticRegression(C=C, solver="lbfgs", max_iter=1000).fit(xtr, noisy)
+        pred = probe.predict(xte)
     return float(np.mean(pred == test_codes))
 
 

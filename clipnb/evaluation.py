@@ -11,6 +11,8 @@ import numpy as np
 import torch
 from sklearn.linear_model import LogisticRegression
 
+from .utils import one_blas_thread
+
 T = TypeVar("T")
 
 #: Inverse regularisation strengths swept for the logistic-regression probe (the source used 0.316).
@@ -82,7 +84,10 @@ def fit_probe_path(
     """
     train_x = np.asarray(train_x)
     path = LogisticRegression(max_iter=max_iter, warm_start=True)
-    return {C: copy.deepcopy(path.set_params(C=C).fit(train_x, train_y)) for C in sorted(set(Cs))}
+    with one_blas_thread():
+        return {
+            C: copy.deepcopy(path.set_params(C=C).fit(train_x, train_y)) for C in sorted(set(Cs))
+        }
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:

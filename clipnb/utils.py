@@ -7,12 +7,14 @@ import json
 import os
 import random
 import tempfile
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from threadpoolctl import threadpool_limits
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -28,6 +30,15 @@ def seed_everything(seed: int) -> None:
     # warn_only: a few CPU ops (e.g. some index_add paths) have no deterministic variant flag; they
     # are deterministic on CPU anyway, and a hard error would stop a study for no benefit.
     torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def one_blas_thread() -> threadpool_limits:
+    """Run numpy/scipy BLAS on one thread inside the ``with`` block (scikit-learn's lbfgs probes).
+
+    On these small problems a second OpenBLAS thread only adds synchronisation: a digits probe
+    measured 9.7 s with two threads and 0.3 s with one, while a pretraining run shared the CPU.
+    """
+    return threadpool_limits(limits=1, user_api="blas")
 
 
 def cache_dir() -> Path:
@@ -115,3 +126,39 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     """``torch.save`` through a temp file + rename."""
     _atomic_replace(path, lambda tmp: torch.save(obj, tmp))
+
+
+def _host_cpu_ticks() -> tuple[int, int] | None:
+    """(steal, total) CPU ticks since boot from ``/proc/stat``; None where it does not exist."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]
+        ticks = [int(f) for f in fields]
+    except (OSError, ValueError):
+        return None
+    return ticks[7], sum(ticks)
+
+
+class Stopwatch:
+    """Wall time, this process's CPU time, and the share of the host's CPU time that a hypervisor
+    took from this virtual machine ("steal") while it ran.
+
+    On a shared cloud machine the same work can take twice as long in wall time; the CPU time and
+    the steal share say whether a slow run was the code or the neighbours.
+    """
+
+    def __init__(self) -> None:
+        self._wall = time.perf_counter()
+        self._cpu = time.process_time()
+        self._ticks = _host_cpu_ticks()
+
+    def read(self) -> dict[str, float]:
+        """``seconds`` (wall), ``cpu_seconds`` and ``steal_percent`` (NaN off Linux) so far."""
+        ticks = _host_cpu_ticks()
+        steal = float("nan")
+        if self._ticks is not None and ticks is not None and ticks[1] > self._ticks[1]:
+            steal = 100.0 * (ticks[0] - self._ticks[0]) / (ticks[1] - self._ticks[1])
+        return {
+            "seconds": time.perf_counter() - self._wall,
+            "cpu_seconds": time.process_time() - self._cpu,
+            "steal_percent": steal,
+        }

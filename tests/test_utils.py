@@ -1,3 +1,4 @@
+import math
 import os
 import stat
 
@@ -40,3 +41,18 @@ def test_join_words_reads_as_a_list_in_a_sentence():
     assert join_words([], empty="no dataset") == "no dataset"
     assert join_words(["digits"]) == "digits"
     assert join_words(["a", "b", "c"]) == "a, b and c"
+
+
+def test_stopwatch_reports_cpu_time_and_the_host_steal_share(monkeypatch):
+    ticks = iter([(100, 1_000), (130, 1_200)])  # 30 of 200 ticks stolen while it ran
+    monkeypatch.setattr(utils, "_host_cpu_ticks", lambda: next(ticks))
+    clock = utils.Stopwatch()
+    sum(i * i for i in range(200_000))  # some CPU work
+    lap = clock.read()
+    assert lap["steal_percent"] == pytest.approx(15.0)
+    assert 0 < lap["cpu_seconds"] and 0 < lap["seconds"]
+
+
+def test_stopwatch_steal_is_nan_where_the_host_does_not_report_it(monkeypatch):
+    monkeypatch.setattr(utils, "_host_cpu_ticks", lambda: None)
+    assert math.isnan(utils.Stopwatch().read()["steal_percent"])

@@ -85,6 +85,22 @@ def test_warm_started_probe_path_reaches_the_cold_start_optimum():
         np.testing.assert_allclose(warm_p, cold_p, atol=2e-2)
 
 
+def test_probes_fit_with_one_blas_thread(monkeypatch):
+    from threadpoolctl import threadpool_info
+
+    seen = []
+
+    class Spying(evaluation.LogisticRegression):
+        def fit(self, *args, **kwargs):
+            seen.extend(i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas")
+            return super().fit(*args, **kwargs)
+
+    monkeypatch.setattr(evaluation, "LogisticRegression", Spying)
+    train = _blobs(10, 1)
+    evaluation.fit_probe_path(train.x, train.y.numpy(), Cs=CS)
+    assert seen and set(seen) == {1}
+
+
 def test_probe_records_use_the_few_shot_draws():
     splits = {"train": _blobs(10, 1), "val": _blobs(5, 2), "test": _blobs(5, 3)}
     records = baselines.probe_records("blobs", "clip", splits, shots=[1, 2], seeds=[0, 1], Cs=CS)
