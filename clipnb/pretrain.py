@@ -10,7 +10,6 @@ from __future__ import annotations
 import fcntl
 import json
 import math
-import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,6 +25,7 @@ from tqdm.auto import tqdm
 from . import world
 from .models import MODEL_CONFIG_DIR, ClipBundle, create_model
 from .utils import (
+    Stopwatch,
     atomic_torch_save,
     atomic_write_json,
     cache_dir,
@@ -39,7 +39,7 @@ class PretrainConfig:
     """Everything that defines a pretraining run (and so its cache key)."""
 
     model: str = "clipnb-ViT-32px"
-    steps: int = 1000
+    steps: int = 900
     batch_size: int = 128
     lr: float = 5e-4
     weight_decay: float = 0.1
@@ -78,8 +78,16 @@ class PretrainRecord:
     losses: list[float] = field(default_factory=list)
     heldout_losses: list[tuple[int, float]] = field(default_factory=list)
     seconds: float = 0.0
+    cpu_seconds: float = float("nan")
+    steal_percent: float = float("nan")
     images_seen: int = 0
     parameters: int = 0
+
+    def finish(self, clock: Stopwatch) -> None:
+        """Store the run's wall time, CPU time and the host's steal share."""
+        lap = clock.read()
+        self.seconds, self.cpu_seconds = lap["seconds"], lap["cpu_seconds"]
+        self.steal_percent = lap["steal_percent"]
 
     @property
     def images_per_second(self) -> float:
@@ -186,7 +194,7 @@ def pretrain(config: PretrainConfig, progress: bool = True) -> tuple[ClipBundle,
     record = PretrainRecord(asdict(config), parameters=sum(p.numel() for p in model.parameters()))
     held = heldout_batch(config)
     held_x, held_t = to_tensor(held.images, bundle), bundle.tokenize(held.captions)
-    start = time.perf_counter()
+    clock = Stopwatch()
     bar = tqdm(
         range(config.steps), desc=f"pretrain {config.model}", disable=not progress, mininterval=2
     )
@@ -207,7 +215,7 @@ def pretrain(config: PretrainConfig, progress: bool = True) -> tuple[ClipBundle,
             bar.set_postfix(
                 loss=f"{record.losses[-1]:.3f}", heldout=f"{record.heldout_losses[-1][1]:.3f}"
             )
-    record.seconds = time.perf_counter() - start
+    record.finish(clock)
     model.eval()
     return bundle, record
 
@@ -330,7 +338,7 @@ def pretrain_supervised(
     record = PretrainRecord(
         asdict(config) | {"objective": "supervised"}, parameters=sum(p.numel() for p in params)
     )
-    start = time.perf_counter()
+    clock = Stopwatch()
     bar = tqdm(
         range(config.steps), desc=f"supervised {config.model}", disable=not progress, mininterval=2
     )
@@ -344,7 +352,7 @@ def pretrain_supervised(
         record.images_seen += config.batch_size
         if step % 100 == 99:
             bar.set_postfix(loss=f"{record.losses[-1]:.3f}")
-    record.seconds = time.perf_counter() - start
+    record.finish(clock)
     bundle.model.eval()
     return bundle, record
 

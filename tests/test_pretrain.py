@@ -48,6 +48,8 @@ def test_checkpoint_is_cached_not_retrained(fresh_cache, monkeypatch):
     path = pretrain.ensure_pretrained(config, progress=False)
     record = pretrain.load_record(config)
     assert len(record.losses) == 3 and record.images_seen == 24
+    # The saved record says what the run cost: wall time and the process's CPU time.
+    assert record.seconds > 0 and record.cpu_seconds > 0
 
     def boom(*args, **kwargs):
         raise AssertionError("retrained although the checkpoint was cached")
