@@ -131,8 +131,7 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
 
 
 def adamw(model: nn.Module, config: PretrainConfig) -> torch.optim.AdamW:
-    """CLIP's AdamW (beta2 0.98, eps 1e-6), fused: one kernel updates every parameter, which
-    matters because the 6.3 M-parameter token embedding is updated densely at every step."""
+    """CLIP's AdamW (beta2 0.98, eps 1e-6), fused: the same update, one kernel for all parameters."""
     return torch.optim.AdamW(
         param_groups(model, config.weight_decay),
         lr=config.lr,
