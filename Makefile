@@ -22,13 +22,14 @@ ifneq ($(DATA),)
 export CLIPNB_DATA := $(abspath $(DATA))
 endif
 
-.PHONY: help env book run test lint lab clean clean-cache
+.PHONY: help env book run test bench lint lab clean clean-cache
 
 help:
 	@echo "make book [PROFILE=embedded|smoke|full] [DATA=/path]   run every study, build book/_build/html"
 	@echo "make test                                             the test suite (what CI runs)"
 	@echo "make lab                                              JupyterLab on notebooks/ with the project's kernel"
 	@echo "make run STUDY=name [PROFILE=...]                     run one study"
+	@echo "make bench                                            pretraining throughput, FLOPs and peak fraction"
 	@echo "make lint | clean | clean-cache"
 
 env: $(VENV)/.installed
@@ -50,6 +51,9 @@ run: env
 
 test: env
 	$(BIN)/python -m pytest
+
+bench: env
+	$(BIN)/python -m clipnb bench pretrain --profile $(if $(filter smoke,$(PROFILE)),smoke,embedded)
 
 lint: env
 	$(BIN)/ruff check clipnb notebooks tests

@@ -1,4 +1,4 @@
-"""Command line: ``python -m clipnb list`` and ``python -m clipnb run [STUDY ...]``."""
+"""Command line: ``python -m clipnb list``, ``run [STUDY ...]`` and ``bench pretrain``."""
 
 from __future__ import annotations
 
@@ -22,6 +22,30 @@ def _list() -> int:
     return 0
 
 
+def _bench(profile: str, steps: int) -> int:
+    from .pretrain import PRETRAIN_CONFIGS, benchmark
+
+    config = PRETRAIN_CONFIGS[profile]
+    result = benchmark(config, steps=steps)
+    shares = ", ".join(
+        f"{k.removeprefix('share_').replace('_', ' + ')} {100 * v:.0f} %"
+        for k, v in result.items()
+        if k.startswith("share_")
+    )
+    print(
+        f"pretraining {config.model} ({profile}), batch {config.batch_size}, "
+        f"{result['threads']} threads, {steps} steps\n"
+        f"  throughput        {result['images_per_second']:.0f} images/s "
+        f"({result['seconds_per_step']:.3f} s/step, {result['cpu_seconds_per_step']:.3f} CPU-s/step)\n"
+        f"  step time         {shares}\n"
+        f"  training FLOPs    {result['flops_per_image'] / 1e6:.1f} MFLOP per image (forward + backward)\n"
+        f"  achieved          {result['achieved_flops'] / 1e9:.1f} GFLOP/s\n"
+        f"  fp32 matmul peak  {result['peak_flops'] / 1e9:.1f} GFLOP/s (torch.mm 2048², all threads)\n"
+        f"  fraction of peak  {100 * result['peak_fraction']:.1f} %"
+    )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m clipnb", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -39,10 +63,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     run_p.add_argument("--kernel", default=runner.KERNEL_NAME)
     run_p.add_argument("--force", action="store_true", help="re-run even if up to date")
+    bench_p = sub.add_parser("bench", help="benchmarks: `bench pretrain` (throughput, FLOPs, peak)")
+    bench_p.add_argument("what", choices=["pretrain"])
+    bench_p.add_argument("--profile", default=DEFAULT_PROFILE, choices=("embedded", "smoke"))
+    bench_p.add_argument("--steps", type=int, default=30, help="training steps to time")
     args = parser.parse_args(argv)
 
     if args.command == "list":
         return _list()
+    if args.command == "bench":
+        return _bench(args.profile, args.steps)
     try:
         overrides = dict(runner.parse_assignment(a) for a in args.assignments)
         outcomes = runner.run(

@@ -1,16 +1,22 @@
 """Pretrain the embedded CLIP on the generated world with CLIP's contrastive loss.
 
-The checkpoint is cached under a key of (config, model config, world generator source, schedule);
-``ensure_pretrained`` trains only when it is missing, and the result loads through
-:func:`clipnb.models.create_model` like any local checkpoint.
+Training draws its batches from a pool of pre-rendered world images (cached on disk under the
+world's fingerprint and shared by the CLIP and its label-supervised twin), re-captioned on every
+pass, so rendering stays off the training loop. The checkpoint is cached under a key of (config,
+model config, world output); ``ensure_pretrained`` trains only when it is missing, and the result
+loads through :func:`clipnb.models.create_model` like any local checkpoint.
 """
 
 from __future__ import annotations
 
 import fcntl
+import functools
 import json
 import math
-from collections.abc import Callable, Iterable, Iterator
+import pickle
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from open_clip.loss import ClipLoss
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 from tqdm.auto import tqdm
 
 from . import world
@@ -27,6 +34,7 @@ from .models import MODEL_CONFIG_DIR, ClipBundle, create_model
 from .utils import (
     Stopwatch,
     atomic_torch_save,
+    atomic_write_bytes,
     atomic_write_json,
     cache_dir,
     seed_everything,
@@ -39,14 +47,18 @@ class PretrainConfig:
     """Everything that defines a pretraining run (and so its cache key)."""
 
     model: str = "clipnb-ViT-32px"
-    steps: int = 900
-    batch_size: int = 128
-    lr: float = 5e-4
+    steps: int = 1500
+    batch_size: int = 256
+    lr: float = 1e-3
     weight_decay: float = 0.1
-    warmup_steps: int = 80
+    warmup_steps: int = 100
     world_seed: int = 0
     image_size: int = 32
     styles: tuple[str, ...] = world.PRETRAIN_STYLES
+    #: pre-rendered images the batches are drawn from (re-captioned on every pass)
+    pool_size: int = 150_000
+    #: steps of the label-supervised twin (same pool, same order, its own cosine schedule)
+    supervised_steps: int = 600
     n_heldout: int = 512
     seed: int = 0
 
@@ -56,7 +68,20 @@ class PretrainConfig:
                 asdict(self),
                 (MODEL_CONFIG_DIR / f"{self.model}.json").read_text(),
                 world.fingerprint(self.image_size),
-                "clip-v2",  # v2: fused AdamW
+                "clip-v3",  # v3: batches from a re-captioned pool
+            ]
+        )
+
+    def pool_key(self) -> str:
+        """What the pool's images depend on (not the schedule: every run shares one pool)."""
+        return stable_hash(
+            [
+                self.world_seed,
+                self.image_size,
+                list(self.styles),
+                self.pool_size,
+                world.fingerprint(self.image_size),
+                "pool-v1",
             ]
         )
 
@@ -65,7 +90,13 @@ class PretrainConfig:
 PRETRAIN_CONFIGS: dict[str, PretrainConfig] = {
     "embedded": PretrainConfig(),
     "smoke": PretrainConfig(
-        model="clipnb-ViT-tiny", steps=40, batch_size=64, warmup_steps=5, n_heldout=128
+        model="clipnb-ViT-tiny",
+        steps=40,
+        batch_size=64,
+        warmup_steps=5,
+        pool_size=2_048,
+        supervised_steps=40,
+        n_heldout=128,
     ),
 }
 
@@ -82,6 +113,13 @@ class PretrainRecord:
     steal_percent: float = float("nan")
     images_seen: int = 0
     parameters: int = 0
+    #: seconds spent on each part of the steps: batch assembly, forward + backward, optimizer
+    time_split: dict[str, float] = field(default_factory=dict)
+    #: training FLOPs (forward + backward) per image, counted by torch's FlopCounterMode
+    flops_per_image: float = float("nan")
+    #: this machine's fp32 matmul peak (FLOP/s, torch.mm, all threads), measured after the run
+    peak_flops: float = float("nan")
+    threads: int = 0
 
     def finish(self, clock: Stopwatch) -> None:
         """Store the run's wall time, CPU time and the host's steal share."""
@@ -92,6 +130,24 @@ class PretrainRecord:
     @property
     def images_per_second(self) -> float:
         return self.images_seen / self.seconds if self.seconds else float("nan")
+
+    @property
+    def achieved_flops(self) -> float:
+        """Useful training FLOP/s: FLOPs per image times images per second."""
+        return self.flops_per_image * self.images_per_second
+
+    @property
+    def peak_fraction(self) -> float:
+        """The share of the measured matmul peak that training reached."""
+        return self.achieved_flops / self.peak_flops
+
+    def summary(self) -> dict[str, float]:
+        """The derived numbers saved beside the raw record."""
+        return {
+            "images_per_second": self.images_per_second,
+            "achieved_flops": self.achieved_flops,
+            "peak_fraction": self.peak_fraction,
+        }
 
 
 def to_tensor(images: np.ndarray, bundle: ClipBundle) -> torch.Tensor:
@@ -141,39 +197,126 @@ def adamw(model: nn.Module, config: PretrainConfig) -> torch.optim.AdamW:
     )
 
 
-def _batch_seed(config: PretrainConfig, step: int) -> int:
-    return config.world_seed * 10_000_000 + step
+_POOL_SEED_OFFSET = 0  # the pool uses seed world_seed * 10_000_000 (+ image index in its stream)
+_HELDOUT_SEED_OFFSET = 9_999_999
+_CAPTION_STREAM = 0xCA
+_ORDER_STREAM = 0x0D
 
 
 def heldout_batch(config: PretrainConfig) -> world.CaptionedBatch:
-    """Image–caption pairs never used for training (their seed is outside the training stream)."""
+    """Image–caption pairs never used for training (their seed is outside the pool's)."""
     return world.generate_captioned(
         config.n_heldout,
-        seed=config.world_seed * 10_000_000 + 9_999_999,
+        seed=config.world_seed * 10_000_000 + _HELDOUT_SEED_OFFSET,
         styles=config.styles,
         image_size=config.image_size,
     )
 
 
-def _scheduled_batches(
-    config: PretrainConfig, opt: torch.optim.Optimizer, steps: Iterable[int]
-) -> Iterator[tuple[int, world.CaptionedBatch]]:
-    """Each step's world batch, after setting the warm-up + cosine learning rate for that step.
+@dataclass
+class ImagePool:
+    """Pre-rendered world images and the scenes they show (captions are drawn per pass)."""
 
-    Both towers (CLIP and the supervised twin) see the same images in the same order.
+    images: np.ndarray  # [N, H, W, 3] uint8
+    scenes: list[world.Scene]
+
+    def __len__(self) -> int:
+        return len(self.scenes)
+
+
+def pool_path(config: PretrainConfig) -> Path:
+    return cache_dir() / "pools" / f"world-{config.pool_key()}.pkl"
+
+
+def load_pool(config: PretrainConfig, progress: bool = True) -> ImagePool:
+    """The config's image pool, rendered once and cached on disk under the world's fingerprint.
+
+    The CLIP and its supervised twin share it; a change in what the world draws changes the key.
     """
-    for step in steps:
-        for group in opt.param_groups:
-            group["lr"] = cosine_lr(step, config.lr, config.warmup_steps, config.steps)
-        yield (
-            step,
-            world.generate_captioned(
-                config.batch_size,
-                seed=_batch_seed(config, step),
-                styles=config.styles,
-                image_size=config.image_size,
-            ),
+    path = pool_path(config)
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path.with_suffix(".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not path.exists():
+                pool = _render_pool(config, progress)
+                atomic_write_bytes(path, pickle.dumps(pool, protocol=pickle.HIGHEST_PROTOCOL))
+                return pool
+    with open(path, "rb") as fh:
+        return pickle.load(fh)
+
+
+def _render_pool(config: PretrainConfig, progress: bool) -> ImagePool:
+    # Rendered in chunks (each its own seed) so the bar moves; the pool is fixed by its key.
+    chunk = 10_000
+    seed = config.world_seed * 10_000_000 + _POOL_SEED_OFFSET
+    images = np.empty((config.pool_size, config.image_size, config.image_size, 3), np.uint8)
+    scenes: list[world.Scene] = []
+    bar = tqdm(
+        total=config.pool_size,
+        desc="render pretraining pool",
+        unit="img",
+        disable=not progress,
+        mininterval=2,
+    )
+    for start in range(0, config.pool_size, chunk):
+        n = min(chunk, config.pool_size - start)
+        batch = world.generate_captioned(
+            n, seed=seed + start, styles=config.styles, image_size=config.image_size
         )
+        images[start : start + n] = batch.images
+        scenes += batch.scenes
+        bar.update(n)
+    bar.close()
+    return ImagePool(images, scenes)
+
+
+@functools.lru_cache(maxsize=8)
+def _epoch_order(world_seed: int, pool_size: int, epoch: int) -> np.ndarray:
+    return np.random.default_rng([world_seed, _ORDER_STREAM, epoch]).permutation(pool_size)
+
+
+def batch_indices(config: PretrainConfig, step: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pool indices of a step's batch and the pass (epoch) each was drawn in.
+
+    Every pass visits the pool once in its own random order; a batch may span two passes.
+    """
+    flat = step * config.batch_size + np.arange(config.batch_size)
+    epochs, within = np.divmod(flat, config.pool_size)
+    indices = np.empty_like(flat)
+    for epoch in np.unique(epochs):
+        sel = epochs == epoch
+        indices[sel] = _epoch_order(config.world_seed, config.pool_size, int(epoch))[within[sel]]
+    return indices, epochs
+
+
+def pool_captions(
+    config: PretrainConfig, pool: ImagePool, indices: np.ndarray, epochs: np.ndarray
+) -> list[str]:
+    """A fresh caption per image and pass: the text side sees new phrasings on every pass."""
+    return [
+        world.caption(
+            pool.scenes[i], np.random.default_rng([config.world_seed, _CAPTION_STREAM, e, i])
+        )
+        for i, e in zip(indices.tolist(), epochs.tolist(), strict=True)
+    ]
+
+
+@dataclass
+class StepTimer:
+    """Seconds spent per part of the training steps (wall clock; on CPU no sync is needed)."""
+
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def add(self, part: str, since: float) -> float:
+        now = time.perf_counter()
+        self.seconds[part] = self.seconds.get(part, 0.0) + now - since
+        return now
+
+
+def _schedule(opt: torch.optim.Optimizer, config: PretrainConfig, step: int, total: int) -> None:
+    for group in opt.param_groups:
+        group["lr"] = cosine_lr(step, config.lr, config.warmup_steps, total)
 
 
 def clip_step_loss(
@@ -183,40 +326,156 @@ def clip_step_loss(
     return loss_fn(image_features, text_features, logit_scale)
 
 
-def pretrain(config: PretrainConfig, progress: bool = True) -> tuple[ClipBundle, PretrainRecord]:
-    """Train an open_clip model from scratch on world captions with ``ClipLoss``."""
-    seed_everything(config.seed)
-    bundle = create_model(config.model, pretrained=None)
-    model = bundle.model.train()
-    loss_fn = ClipLoss()
-    opt = adamw(model, config)
-    record = PretrainRecord(asdict(config), parameters=sum(p.numel() for p in model.parameters()))
-    held = heldout_batch(config)
-    held_x, held_t = to_tensor(held.images, bundle), bundle.tokenize(held.captions)
-    clock = Stopwatch()
-    bar = tqdm(
-        range(config.steps), desc=f"pretrain {config.model}", disable=not progress, mininterval=2
-    )
-    for step, batch in _scheduled_batches(config, opt, bar):
-        loss = clip_step_loss(
-            bundle, to_tensor(batch.images, bundle), bundle.tokenize(batch.captions), loss_fn
+class _ClipObjective:
+    """One contrastive training step of a CLIP bundle on a pool batch."""
+
+    def __init__(self, bundle: ClipBundle, config: PretrainConfig, pool: ImagePool) -> None:
+        self.bundle, self.config, self.pool = bundle, config, pool
+        self.loss_fn = ClipLoss()
+        self.module = bundle.model
+
+    def inputs(self, step: int) -> tuple[torch.Tensor, ...]:
+        indices, epochs = batch_indices(self.config, step)
+        captions = pool_captions(self.config, self.pool, indices, epochs)
+        return (
+            to_tensor(self.pool.images[indices], self.bundle),
+            self.bundle.tokenize(captions),
         )
+
+    def loss(self, images: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        return clip_step_loss(self.bundle, images, tokens, self.loss_fn)
+
+    def after_step(self) -> None:
+        with torch.no_grad():  # CLIP clamps the temperature at 100
+            self.module.logit_scale.clamp_(0, math.log(100))
+
+
+class _SupervisedObjective:
+    """One multi-label step of the image tower on the world's labels (names and colours)."""
+
+    def __init__(self, bundle: ClipBundle, config: PretrainConfig, pool: ImagePool) -> None:
+        self.bundle, self.config, self.pool = bundle, config, pool
+        self.head = nn.Linear(bundle.model.text_projection.shape[1], len(attribute_names()))
+        self.module = nn.ModuleList([bundle.model.visual, self.head])
+
+    def inputs(self, step: int) -> tuple[torch.Tensor, ...]:
+        indices, _ = batch_indices(self.config, step)
+        return (
+            to_tensor(self.pool.images[indices], self.bundle),
+            scene_targets([self.pool.scenes[i] for i in indices.tolist()]),
+        )
+
+    def loss(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        logits = self.head(F.normalize(self.bundle.model.visual(images), dim=-1) * 10.0)
+        return F.binary_cross_entropy_with_logits(logits, targets)
+
+    def after_step(self) -> None:
+        pass
+
+
+def _train(
+    objective: _ClipObjective | _SupervisedObjective,
+    config: PretrainConfig,
+    steps: int,
+    record: PretrainRecord,
+    desc: str,
+    progress: bool,
+    on_checkpoint: Callable[[int], None] | None = None,
+) -> None:
+    """The training loop both towers share: schedule, timed batch / forward+backward / optimizer."""
+    objective.module.train()
+    opt = adamw(objective.module, config)
+    timer = StepTimer()
+    clock = Stopwatch()
+    bar = tqdm(range(steps), desc=desc, disable=not progress, mininterval=2)
+    # The next batch (captions, tokens, tensors: mostly Python) is assembled in a thread while
+    # torch computes this step; a batch depends only on its step, so the numbers do not change.
+    # "batch" time is what the loop still waits for it.
+    prefetch = ThreadPoolExecutor(max_workers=1)
+    pending = prefetch.submit(objective.inputs, 0) if steps else None
+    for step in bar:
+        _schedule(opt, config, step, steps)
+        t = time.perf_counter()
+        inputs = pending.result()
+        if step + 1 < steps:
+            pending = prefetch.submit(objective.inputs, step + 1)
+        t = timer.add("batch", t)
+        loss = objective.loss(*inputs)
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        t = timer.add("forward_backward", t)
         opt.step()
-        with torch.no_grad():  # CLIP clamps the temperature at 100
-            model.logit_scale.clamp_(0, math.log(100))
+        objective.after_step()
+        timer.add("optimizer", t)
         record.losses.append(float(loss.item()))
         record.images_seen += config.batch_size
-        if step % 100 == 99 or step == config.steps - 1:
-            record.heldout_losses.append((step + 1, heldout_loss(bundle, held_x, held_t)))
-            model.train()
-            bar.set_postfix(
-                loss=f"{record.losses[-1]:.3f}", heldout=f"{record.heldout_losses[-1][1]:.3f}"
-            )
+        if on_checkpoint is not None and (step % 100 == 99 or step == steps - 1):
+            on_checkpoint(step)
+            objective.module.train()
+        if step % 50 == 49:
+            bar.set_postfix(loss=f"{record.losses[-1]:.3f}")
+    prefetch.shutdown()
     record.finish(clock)
-    model.eval()
+    record.time_split = timer.seconds
+    record.threads = torch.get_num_threads()
+    objective.module.eval()
+
+
+def training_flops_per_image(
+    config: PretrainConfig, pool: ImagePool, supervised: bool = False
+) -> float:
+    """Forward + backward FLOPs of one training step per image (matmuls, convolutions, attention)."""
+    with torch.random.fork_rng():
+        bundle = create_model(config.model, pretrained=None)
+    objective_cls = _SupervisedObjective if supervised else _ClipObjective
+    objective = objective_cls(bundle, config, pool)
+    objective.module.train()
+    inputs = objective.inputs(0)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        objective.loss(*inputs).backward()
+    return counter.get_total_flops() / config.batch_size
+
+
+def matmul_peak_flops(n: int = 2048, repeats: int = 5) -> float:
+    """This machine's fp32 matmul rate (FLOP/s): the best of ``repeats`` ``torch.mm`` of n x n."""
+    a = torch.ones(n, n)
+    b = torch.ones(n, n)
+    torch.mm(a, b)  # warm-up: thread pool and caches
+    best = math.inf
+    for _ in range(repeats):
+        t = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best
+
+
+def pretrain(config: PretrainConfig, progress: bool = True) -> tuple[ClipBundle, PretrainRecord]:
+    """Train an open_clip model from scratch on world captions with ``ClipLoss``."""
+    pool = load_pool(config, progress=progress)
+    seed_everything(config.seed)
+    bundle = create_model(config.model, pretrained=None)
+    record = PretrainRecord(
+        asdict(config), parameters=sum(p.numel() for p in bundle.model.parameters())
+    )
+    held = heldout_batch(config)
+    held_x, held_t = to_tensor(held.images, bundle), bundle.tokenize(held.captions)
+
+    def evaluate(step: int) -> None:
+        record.heldout_losses.append((step + 1, heldout_loss(bundle, held_x, held_t)))
+
+    objective = _ClipObjective(bundle, config, pool)
+    _train(objective, config, config.steps, record, f"pretrain {config.model}", progress, evaluate)
+    _measure_machine(record, config, pool, supervised=False)
     return bundle, record
+
+
+def _measure_machine(
+    record: PretrainRecord, config: PretrainConfig, pool: ImagePool, supervised: bool
+) -> None:
+    """FLOPs per image and the matmul peak, after training (neither touches the trained model)."""
+    record.flops_per_image = training_flops_per_image(config, pool, supervised)
+    record.peak_flops = matmul_peak_flops()
 
 
 @torch.no_grad()
@@ -252,10 +511,7 @@ def _ensure(path: Path, train: Callable[[], tuple[ClipBundle, PretrainRecord]]) 
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not path.exists():
             bundle, record = train()
-            atomic_write_json(
-                path.with_suffix(".json"),
-                asdict(record) | {"images_per_second": record.images_per_second},
-            )
+            atomic_write_json(path.with_suffix(".json"), asdict(record) | record.summary())
             # The checkpoint is written last: its presence means the run finished.
             atomic_torch_save({"state_dict": bundle.model.state_dict()}, path)
     return path
@@ -263,8 +519,18 @@ def _ensure(path: Path, train: Callable[[], tuple[ClipBundle, PretrainRecord]]) 
 
 def load_record(config: PretrainConfig) -> PretrainRecord:
     """The measurements of the cached pretraining run."""
-    data = json.loads(checkpoint_path(config).with_suffix(".json").read_text())
-    data.pop("images_per_second", None)
+    return _read_record(checkpoint_path(config))
+
+
+def load_supervised_record(config: PretrainConfig) -> PretrainRecord:
+    """The measurements of the cached supervised-twin run."""
+    return _read_record(supervised_checkpoint_path(config))
+
+
+def _read_record(path: Path) -> PretrainRecord:
+    data = json.loads(path.with_suffix(".json").read_text())
+    known = set(PretrainRecord.__dataclass_fields__)
+    data = {k: v for k, v in data.items() if k in known}
     data["heldout_losses"] = [tuple(x) for x in data["heldout_losses"]]
     return PretrainRecord(**data)
 
@@ -324,35 +590,27 @@ def pretrain_supervised(
 ) -> tuple[ClipBundle, PretrainRecord]:
     """The same image tower trained on the world's labels instead of captions (no language).
 
-    Same images, steps and schedule as the CLIP run; a linear head predicts which object names and
+    The first ``supervised_steps`` batches of the CLIP run (same pool, same images in the same
+    order), with its own warm-up + cosine schedule; a linear head predicts which object names and
     colours a scene contains (multi-label BCE). Only the image tower is meaningful afterwards.
     """
+    pool = load_pool(config, progress=progress)
     seed_everything(config.seed)
     bundle = create_model(config.model, pretrained=None)
-    visual = bundle.model.visual.train()
-    n_attr = len(attribute_names())
-    head = nn.Linear(bundle.model.text_projection.shape[1], n_attr)
-    params = [*visual.parameters(), *head.parameters()]
-    opt = adamw(nn.ModuleList([visual, head]), config)
+    objective = _SupervisedObjective(bundle, config, pool)
     record = PretrainRecord(
-        asdict(config) | {"objective": "supervised"}, parameters=sum(p.numel() for p in params)
+        asdict(config) | {"objective": "supervised"},
+        parameters=sum(p.numel() for p in objective.module.parameters()),
     )
-    clock = Stopwatch()
-    bar = tqdm(
-        range(config.steps), desc=f"supervised {config.model}", disable=not progress, mininterval=2
+    _train(
+        objective,
+        config,
+        config.supervised_steps,
+        record,
+        f"supervised twin {config.model}",
+        progress,
     )
-    for step, batch in _scheduled_batches(config, opt, bar):
-        logits = head(F.normalize(visual(to_tensor(batch.images, bundle)), dim=-1) * 10.0)
-        loss = F.binary_cross_entropy_with_logits(logits, scene_targets(batch.scenes))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        record.losses.append(float(loss.item()))
-        record.images_seen += config.batch_size
-        if step % 100 == 99:
-            bar.set_postfix(loss=f"{record.losses[-1]:.3f}")
-    record.finish(clock)
-    bundle.model.eval()
+    _measure_machine(record, config, pool, supervised=True)
     return bundle, record
 
 
@@ -379,3 +637,47 @@ def random_tower(profile: str) -> ClipBundle:
     with torch.random.fork_rng():
         torch.manual_seed(config.seed)
         return create_model(config.model, pretrained=None)
+
+
+# --- what `make book` and `make bench` call --------------------------------------------------------
+
+
+def prepare(profile: str, progress: bool = True) -> list[Path]:
+    """Train whatever checkpoints of an offline profile are missing (CLIP, then its twin)."""
+    config = PRETRAIN_CONFIGS[profile]
+    return [
+        ensure_pretrained(config, progress=progress),
+        ensure_supervised(config, progress=progress),
+    ]
+
+
+def benchmark(config: PretrainConfig, steps: int = 30, progress: bool = True) -> dict[str, float]:
+    """Pretraining throughput on this machine: images/s, where a step's time goes, training
+    FLOPs per image, and the achieved FLOP/s against the fp32 matmul peak measured in this run.
+
+    Runs ``steps`` CLIP steps of ``config`` on a fresh model (the first few, warm-up, are timed
+    too: the rate is what a real run gets per step).
+    """
+    pool = load_pool(config, progress=progress)
+    seed_everything(config.seed)
+    bundle = create_model(config.model, pretrained=None)
+    record = PretrainRecord(asdict(config))
+    bench_config = PretrainConfig(**(asdict(config) | {"steps": steps}))
+    _train(
+        _ClipObjective(bundle, bench_config, pool), bench_config, steps, record, "bench", progress
+    )
+    _measure_machine(record, config, pool, supervised=False)
+    total = sum(record.time_split.values())
+    return {
+        "threads": record.threads,
+        "steps": steps,
+        "batch_size": config.batch_size,
+        "images_per_second": record.images_per_second,
+        "seconds_per_step": record.seconds / steps,
+        "cpu_seconds_per_step": record.cpu_seconds / steps,
+        **{f"share_{k}": v / total for k, v in record.time_split.items()},
+        "flops_per_image": record.flops_per_image,
+        "achieved_flops": record.achieved_flops,
+        "peak_flops": record.peak_flops,
+        "peak_fraction": record.peak_fraction,
+    }

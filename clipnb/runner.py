@@ -227,6 +227,56 @@ def failing_cell(nb: nbformat.NotebookNode) -> str:
     return "unknown cell"
 
 
+def _up_to_date(out_nb: Path, stamp_path: Path, digest: str) -> bool:
+    if not (out_nb.exists() and stamp_path.exists()):
+        return False
+    stamp = json.loads(stamp_path.read_text())
+    return stamp.get("hash") == digest and stamp.get("status") == "ok"
+
+
+def stale_studies(
+    studies: list[Study],
+    profile: str,
+    out_dir: Path,
+    overrides: dict[str, Any] | None = None,
+) -> list[Study]:
+    """The studies a run would execute (their notebook, parameters or code changed)."""
+    return [
+        s
+        for s in studies
+        if not _up_to_date(
+            out_dir / f"{s.name}.ipynb",
+            out_dir / f"{s.name}.stamp.json",
+            resolve(s, profile, _applicable(s, profile, overrides))[2],
+        )
+    ]
+
+
+def prepare_models(profile: str) -> None:
+    """Pretrain the offline profile's missing checkpoints here, with a bar in the terminal.
+
+    Notebooks only load them; a missing checkpoint would otherwise hold one notebook cell for
+    minutes with nothing on the screen.
+    """
+    from . import pretrain
+
+    if profile not in pretrain.PRETRAIN_CONFIGS:
+        return
+    config = pretrain.PRETRAIN_CONFIGS[profile]
+    missing = [
+        path
+        for path in (pretrain.checkpoint_path(config), pretrain.supervised_checkpoint_path(config))
+        if not path.exists()
+    ]
+    if missing:
+        print(
+            f"[clipnb] pretraining the {profile} models (cached afterwards): "
+            + ", ".join(p.name for p in missing),
+            flush=True,
+        )
+        pretrain.prepare(profile, progress=True)
+
+
 def run_study(
     study: Study,
     profile: str,
@@ -240,10 +290,8 @@ def run_study(
     nb, params, digest = resolve(study, profile, overrides)
     out_nb = out_dir / f"{study.name}.ipynb"
     stamp_path = out_dir / f"{study.name}.stamp.json"
-    if not force and out_nb.exists() and stamp_path.exists():
-        stamp = json.loads(stamp_path.read_text())
-        if stamp.get("hash") == digest and stamp.get("status") == "ok":
-            return Outcome(study.name, "up-to-date", 0.0)
+    if not force and _up_to_date(out_nb, stamp_path, digest):
+        return Outcome(study.name, "up-to-date", 0.0)
     out_dir.mkdir(parents=True, exist_ok=True)
     nb.metadata["kernelspec"] = {
         "name": kernel_name,
@@ -314,6 +362,8 @@ def run(
             profile,
             overrides if len(studies) == 1 else _applicable(study, profile, overrides),
         )
+    if force or stale_studies(studies, profile, out_dir, overrides):
+        prepare_models(profile)
     outcomes = []
     for study in studies:
         outcome = run_study(

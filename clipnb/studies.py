@@ -39,9 +39,13 @@ STUDIES: list[Study] = [
         profiles={"smoke": {"n_retrieval": 64, "n_per_class": 8}},
         headline={
             "zs_shape_photo": "zero-shot, world shapes (photo), %",
+            "zs_digit_photo": "zero-shot, printed digits (photo), %",
+            "image2text_R1": "image→text R@1, held-out pairs, %",
             "zs_shape_heldout": "zero-shot, world shapes (held-out style), %",
             "zs_digits": "zero-shot, handwritten digits, %",
             "pretrain_minutes": "pretraining wall time, min",
+            "pretrain_images_per_s": "pretraining throughput, images/s",
+            "peak_percent": "pretraining, share of fp32 matmul peak, %",
         },
     ),
     # --- issue: zero-shot baselines and linear probes -----------------------------------------

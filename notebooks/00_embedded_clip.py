@@ -42,7 +42,8 @@ from clipnb.features import SINGLE_TEMPLATE, class_embeddings, encode_images
 
 clipnb.seed_everything(seed)
 report.set_style()
-config = pretrain.PRETRAIN_CONFIGS["smoke" if profile == "smoke" else "embedded"]
+model_profile = "smoke" if profile == "smoke" else "embedded"
+config = pretrain.PRETRAIN_CONFIGS[model_profile]
 
 # %% [markdown]
 # ## The world
@@ -77,14 +78,18 @@ plt.close(fig)
 # The model is an ordinary open_clip `CLIP` built from the project's own config: a ViT image tower
 # on a patch grid (so Grad-CAM and the decoders have spatial tokens) and open_clip's text
 # transformer and tokenizer. The image embedding is the mean of the patch tokens (open_clip's
-# `pool_type: avg`) rather than the class token: in the sizing runs for this budget it learned
-# shapes faster, as global average pooling does for small ViTs trained from scratch. The image
-# tower is {glue:text}`image_width:.0f` wide and the text tower {glue:text}`text_width:.0f`: the
-# width and the number of steps were chosen together, in sizing runs scored on the validation
-# splits (they are not part of this build), so that pretraining fits the profile's 12-minute
-# budget on two CPU cores. For a batch
-# of $N$ pairs with normalised embeddings $I_i, T_j$ and a learned temperature $t$, the
-# contrastive loss is
+# `pool_type: avg`) rather than the class token, as global average pooling suits small ViTs
+# trained from scratch. The image tower is {glue:text}`image_width:.0f` wide with
+# {glue:text}`patch_size:.0f`-pixel patches, so a {glue:text}`image_size:.0f`-pixel image is a
+# {glue:text}`grid_size:.0f` × {glue:text}`grid_size:.0f` grid of tokens; the text tower is
+# {glue:text}`text_width:.0f` wide, because templated captions need little capacity. This
+# arrangement was chosen on throughput and on the validation views (the sizing runs are not part
+# of this build): the number of image tokens and the text tower's width dominate a step's cost, a
+# finer grid (4-pixel patches, or 48-pixel images) made each step several times slower and left
+# shapes half learned within the profile's budget of 8 minutes on two CPU cores. The price is a
+# coarse grid for the spatial chapters (Grad-CAM, the decoders): it can tell left from right and
+# top from bottom, not outline a shape. For a batch of $N$ pairs with normalised embeddings
+# $I_i, T_j$ and a learned temperature $t$, the contrastive loss is
 #
 # $$
 # \mathcal{L} = \frac{1}{2N} \sum_{i=1}^{N} \left[
@@ -92,15 +97,25 @@ plt.close(fig)
 #   -\log \frac{e^{t\, I_i \cdot T_i}}{\sum_j e^{t\, I_j \cdot T_i}} \right],
 # $$
 #
-# open_clip's `ClipLoss`, trained with AdamW and a warm-up + cosine schedule on freshly generated
-# batches (no image is seen twice). The checkpoint is cached: later builds reuse it.
+# open_clip's `ClipLoss`, trained with AdamW and a warm-up + cosine schedule. Batches of
+# {glue:text}`pretrain_batch:.0f` pairs (more negatives per step help contrastive learning) are
+# drawn from a pool of {glue:text}`pool_size_k:.0f` thousand pre-rendered images, each pass in a
+# new order and with a freshly drawn caption per image, so rendering stays off the training loop
+# and the text side keeps meeting new phrasings. `make book` pretrains before any notebook runs
+# and caches the checkpoint; this chapter only loads it and reports its record.
 
 # %%
-checkpoint = pretrain.ensure_pretrained(config)
+# `make book` trained and cached both checkpoints before any notebook ran; this only loads them
+# (and trains them here only if the notebook is run on its own with an empty cache).
+checkpoint, _ = pretrain.prepare(model_profile)
 record = pretrain.load_record(config)
 bundle = clipnb.create_model(config.model, pretrained=checkpoint)
 report.glue("image_width", bundle.model.visual.transformer.width)
 report.glue("text_width", bundle.model.transformer.width)
+report.glue("patch_size", bundle.model.visual.patch_size[0])
+report.glue("image_size", bundle.image_size)
+report.glue("grid_size", bundle.model.visual.grid_size[0])
+report.glue("pool_size_k", config.pool_size / 1e3)
 
 losses = pd.Series(record.losses)
 fig, ax = plt.subplots()
@@ -141,11 +156,55 @@ report.glue_words(
 # Contrastive loss during pretraining, on the training batches and on held-out pairs.
 # ```
 #
-# Pretraining ran {glue:text}`pretrain_steps:.0f` steps of {glue:text}`pretrain_batch:.0f` pairs in
-# {glue:text}`pretrain_minutes:.1f` minutes of wall time ({glue:text}`pretrain_images_per_s:.0f`
-# images/s on this machine) and {glue:text}`pretrain_cpu_minutes:.1f` CPU-minutes of the process's
-# threads. {glue:md}`steal_sentence` The held-out loss ended at
-# {glue:text}`final_heldout_loss:.2f`.
+# Pretraining ran {glue:text}`pretrain_steps:.0f` steps of {glue:text}`pretrain_batch:.0f` pairs
+# ({glue:text}`pool_passes:.1f` passes over the pool) in {glue:text}`pretrain_minutes:.1f` minutes
+# of wall time ({glue:text}`pretrain_images_per_s:.0f` images/s on this machine) and
+# {glue:text}`pretrain_cpu_minutes:.1f` CPU-minutes of the process's threads.
+# {glue:md}`steal_sentence` The held-out loss ended at {glue:text}`final_heldout_loss:.2f`
+# (chance: {glue:text}`chance_loss:.2f`).
+#
+# ### Where the time goes
+#
+# The run timed each part of its steps. A training step costs
+# {glue:text}`mflops_per_image:.1f` MFLOP per image (forward and backward, counted by PyTorch's
+# `FlopCounterMode`), so the run computed {glue:text}`achieved_gflops:.1f` GFLOP/s; the same run
+# measured this machine's fp32 matrix-multiply peak at {glue:text}`peak_gflops:.0f` GFLOP/s
+# (`torch.mm` on 2048 × 2048 matrices, {glue:text}`threads:.0f` threads), so training reached
+# {glue:text}`peak_percent:.0f` % of peak. Small matrices (a width of
+# {glue:text}`image_width:.0f`, 16 tokens), attention, normalisation and the optimizer's
+# element-wise work keep a model this small far from peak. `make bench` measures the same numbers
+# in a short run.
+
+# %%
+split = pd.Series(record.time_split)
+time_table = pd.DataFrame(
+    {
+        "seconds": split.round(1),
+        "share of step time (%)": (100 * split / split.sum()).round(1),
+    }
+).rename(
+    index={
+        "batch": "waiting for the batch",
+        "forward_backward": "forward + backward",
+        "optimizer": "AdamW step",
+    }
+)
+report.glue("pool_passes", record.images_seen / config.pool_size)
+report.glue("chance_loss", np.log(config.batch_size))
+report.glue("mflops_per_image", record.flops_per_image / 1e6)
+report.glue("achieved_gflops", record.achieved_flops / 1e9)
+report.glue("peak_gflops", record.peak_flops / 1e9)
+report.glue("peak_percent", 100 * record.peak_fraction)
+report.glue("threads", record.threads)
+twin = pretrain.load_supervised_record(config)
+report.glue("twin_minutes", twin.seconds / 60)
+report.glue("twin_steps", len(twin.losses))
+time_table
+
+# %% [markdown]
+# The label-supervised twin used in later chapters (the same image tower trained to name the
+# objects and colours in a scene, without language) trained on the first
+# {glue:text}`twin_steps:.0f` batches of the same pool in {glue:text}`twin_minutes:.1f` minutes.
 #
 # ## Retrieval on held-out pairs
 #

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -41,10 +42,11 @@ def _pil(array):
     return Image.fromarray(array)
 
 
+TINY = {"model": "clipnb-ViT-tiny", "batch_size": 8, "warmup_steps": 1, "n_heldout": 16}
+
+
 def test_checkpoint_is_cached_not_retrained(fresh_cache, monkeypatch):
-    config = PretrainConfig(
-        model="clipnb-ViT-tiny", steps=3, batch_size=8, warmup_steps=1, n_heldout=16
-    )
+    config = PretrainConfig(**TINY, steps=3, pool_size=20, supervised_steps=2)
     path = pretrain.ensure_pretrained(config, progress=False)
     record = pretrain.load_record(config)
     assert len(record.losses) == 3 and record.images_seen == 24
@@ -61,9 +63,7 @@ def test_checkpoint_is_cached_not_retrained(fresh_cache, monkeypatch):
 
 
 def test_same_seed_same_weights(fresh_cache):
-    config = PretrainConfig(
-        model="clipnb-ViT-tiny", steps=2, batch_size=8, warmup_steps=1, n_heldout=16
-    )
+    config = PretrainConfig(**TINY, steps=2, pool_size=20)
     a, _ = pretrain.pretrain(config, progress=False)
     b, _ = pretrain.pretrain(config, progress=False)
     for (name, pa), (_, pb) in zip(
@@ -83,3 +83,86 @@ def test_cosine_schedule():
     assert pretrain.cosine_lr(0, 1.0, 10, 100) == pytest.approx(0.1)
     assert pretrain.cosine_lr(10, 1.0, 10, 100) == pytest.approx(1.0)
     assert pretrain.cosine_lr(100, 1.0, 10, 100) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_the_pool_is_rendered_once_and_reused(fresh_cache, monkeypatch):
+    config = PretrainConfig(**TINY, pool_size=24)
+    pool = pretrain.load_pool(config, progress=False)
+    assert pool.images.shape == (24, 32, 32, 3) and len(pool.scenes) == 24
+    assert pretrain.pool_path(config).exists()
+
+    def boom(*args, **kwargs):
+        raise AssertionError("re-rendered although the pool was cached")
+
+    monkeypatch.setattr(pretrain, "_render_pool", boom)
+    again = pretrain.load_pool(config, progress=False)
+    assert (again.images == pool.images).all() and again.scenes == pool.scenes
+    # The schedule does not change the pool (the CLIP and its twin share it) ...
+    assert pretrain.pool_path(PretrainConfig(**TINY, pool_size=24, steps=7)) == (
+        pretrain.pool_path(config)
+    )
+    # ... its size does.
+    assert pretrain.pool_path(PretrainConfig(**TINY, pool_size=25)) != pretrain.pool_path(config)
+
+
+def test_a_change_in_what_the_world_draws_invalidates_pool_and_checkpoint(monkeypatch):
+    config = PretrainConfig(**TINY, pool_size=24)
+    pool, ckpt = pretrain.pool_path(config), pretrain.checkpoint_path(config)
+    monkeypatch.setattr(world, "fingerprint", lambda image_size=32: "another world")
+    assert pretrain.pool_path(config) != pool
+    assert pretrain.checkpoint_path(config) != ckpt
+
+
+def test_batches_visit_the_pool_once_per_pass_with_new_captions():
+    config = PretrainConfig(**TINY, pool_size=20)
+    pool = pretrain.ImagePool(np.zeros((20, 32, 32, 3), np.uint8), _scenes(20))
+    first = [pretrain.batch_indices(config, step) for step in range(5)]  # 40 draws = 2 passes
+    indices = np.concatenate([i for i, _ in first])
+    epochs = np.concatenate([e for _, e in first])
+    assert sorted(indices[:20]) == list(range(20)) and sorted(indices[20:]) == list(range(20))
+    assert list(epochs) == [0] * 20 + [1] * 20
+    assert not (indices[:20] == indices[20:]).all()  # each pass in its own order
+    # The same image gets another caption in another pass (almost always: 20 images).
+    i = np.array([3] * 20)
+    caps = pretrain.pool_captions(config, pool, i, np.arange(20))
+    assert len(set(caps)) > 1
+    assert pretrain.pool_captions(config, pool, i[:1], np.zeros(1, int)) == caps[:1]
+
+
+def _scenes(n):
+    rng = np.random.default_rng(0)
+    return [world.sample_scene(rng) for _ in range(n)]
+
+
+def test_the_record_splits_step_time_and_counts_flops(fresh_cache):
+    config = PretrainConfig(**TINY, steps=3, pool_size=24)
+    _, record = pretrain.pretrain(config, progress=False)
+    assert set(record.time_split) == {"batch", "forward_backward", "optimizer"}
+    assert all(v >= 0 for v in record.time_split.values())
+    assert record.time_split["forward_backward"] > 0
+    assert record.flops_per_image > 0 and record.peak_flops > 0
+    assert 0 < record.peak_fraction < 1
+
+
+def test_flop_count_matches_the_dominant_matmuls():
+    """FlopCounterMode's count for the tiny tower is at least its patch-embedding and MLP matmuls."""
+    config = PretrainConfig(**TINY, pool_size=8)
+    pool = pretrain.ImagePool(np.zeros((8, 32, 32, 3), np.uint8), _scenes(8))
+    flops = pretrain.training_flops_per_image(config, pool, supervised=True)
+    # Patch embedding: 16 patches x (3*8*8) x 32 outputs x 2 FLOPs, forward; backward ~2x more.
+    patch = 16 * 3 * 8 * 8 * 32 * 2
+    mlp = 2 * (17 * 32 * 128 * 2)  # fc1 and fc2 of the one block (16 patches + class token)
+    assert flops >= 2 * (patch + mlp)
+
+
+def test_matmul_peak_is_a_plausible_rate():
+    rate = pretrain.matmul_peak_flops(n=256, repeats=2)
+    assert 1e8 < rate < 1e14
+
+
+def test_benchmark_reports_every_number(fresh_cache):
+    result = pretrain.benchmark(PretrainConfig(**TINY, pool_size=24), steps=3, progress=False)
+    for key in ("images_per_second", "flops_per_image", "peak_flops", "peak_fraction"):
+        assert result[key] > 0, key
+    shares = [v for k, v in result.items() if k.startswith("share_")]
+    assert len(shares) == 3 and abs(sum(shares) - 1) < 1e-9

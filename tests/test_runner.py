@@ -112,9 +112,45 @@ def test_incremental_runs_and_failures(fake_studies):
     executed = (out / "first.ipynb").read_text()
     assert "RuntimeError" in executed
     assert (out / "second.results.json").read_text() == second_results
-    assert main(["run", "first", "--set", "fail=True", "--out", str(out)]) == 1
+    assert (
+        main(["run", "first", "--profile", "smoke", "--set", "fail=True", "--out", str(out)]) == 1
+    )
     # After a failure the study is not considered up to date.
     assert runner.run(["first"], "smoke", {"x": 5}, out_dir=out)[0].status == "ran"
+
+
+def test_missing_checkpoints_are_trained_before_any_notebook_and_only_then(
+    fake_studies, monkeypatch, fresh_cache
+):
+    from clipnb import pretrain
+
+    trained: list[str] = []
+    real_prepare = pretrain.prepare
+
+    def spy(profile, progress=True):
+        trained.append(profile)
+        return real_prepare(profile, progress=False)
+
+    monkeypatch.setattr(pretrain, "prepare", spy)
+    out = fake_studies
+    assert [o.status for o in runner.run(None, "smoke", out_dir=out)] == ["ran", "ran"]
+    assert trained == ["smoke"]
+    config = pretrain.PRETRAIN_CONFIGS["smoke"]
+    assert pretrain.checkpoint_path(config).exists()
+    assert pretrain.supervised_checkpoint_path(config).exists()
+    # A study that re-runs with the checkpoints cached never retrains them.
+    monkeypatch.setattr(pretrain, "pretrain", _never)
+    monkeypatch.setattr(pretrain, "pretrain_supervised", _never)
+    assert runner.run(["first"], "smoke", {"x": 9}, out_dir=out)[0].status == "ran"
+    assert trained == ["smoke"]
+    # Nothing to execute: the models are not even looked for.
+    pretrain.checkpoint_path(config).unlink()
+    assert runner.run(["first"], "smoke", {"x": 9}, out_dir=out)[0].status == "up-to-date"
+    assert trained == ["smoke"]
+
+
+def _never(*args, **kwargs):
+    raise AssertionError("retrained although the checkpoint was cached")
 
 
 def test_cli_list_shows_profiles(capsys):
