@@ -16,7 +16,6 @@ import math
 import pickle
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -326,6 +325,24 @@ def clip_step_loss(
     return loss_fn(image_features, text_features, logit_scale)
 
 
+class CachedTokenizer:
+    """The bundle's tokenizer, memoised per caption string.
+
+    Templated captions repeat, and open_clip's tokenizer (text clean-up, BPE) costs more than a
+    batch's images; a caption's tokens do not depend on the rest of its batch, so this is exact.
+    """
+
+    def __init__(self, bundle: ClipBundle) -> None:
+        self.bundle = bundle
+        self.rows: dict[str, torch.Tensor] = {}
+
+    def __call__(self, captions: list[str]) -> torch.Tensor:
+        new = [c for c in dict.fromkeys(captions) if c not in self.rows]
+        if new:
+            self.rows.update(zip(new, self.bundle.tokenize(new), strict=True))
+        return torch.stack([self.rows[c] for c in captions])
+
+
 class _ClipObjective:
     """One contrastive training step of a CLIP bundle on a pool batch."""
 
@@ -333,14 +350,12 @@ class _ClipObjective:
         self.bundle, self.config, self.pool = bundle, config, pool
         self.loss_fn = ClipLoss()
         self.module = bundle.model
+        self.tokenize = CachedTokenizer(bundle)
 
     def inputs(self, step: int) -> tuple[torch.Tensor, ...]:
         indices, epochs = batch_indices(self.config, step)
         captions = pool_captions(self.config, self.pool, indices, epochs)
-        return (
-            to_tensor(self.pool.images[indices], self.bundle),
-            self.bundle.tokenize(captions),
-        )
+        return (to_tensor(self.pool.images[indices], self.bundle), self.tokenize(captions))
 
     def loss(self, images: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         return clip_step_loss(self.bundle, images, tokens, self.loss_fn)
@@ -388,17 +403,12 @@ def _train(
     timer = StepTimer()
     clock = Stopwatch()
     bar = tqdm(range(steps), desc=desc, disable=not progress, mininterval=2)
-    # The next batch (captions, tokens, tensors: mostly Python) is assembled in a thread while
-    # torch computes this step; a batch depends only on its step, so the numbers do not change.
-    # "batch" time is what the loop still waits for it.
-    prefetch = ThreadPoolExecutor(max_workers=1)
-    pending = prefetch.submit(objective.inputs, 0) if steps else None
+    # Batches are assembled inline: a prefetch thread doing this Python work held the GIL that
+    # torch's op dispatch needs and made steps slower, not faster.
     for step in bar:
         _schedule(opt, config, step, steps)
         t = time.perf_counter()
-        inputs = pending.result()
-        if step + 1 < steps:
-            pending = prefetch.submit(objective.inputs, step + 1)
+        inputs = objective.inputs(step)
         t = timer.add("batch", t)
         loss = objective.loss(*inputs)
         opt.zero_grad(set_to_none=True)
@@ -414,7 +424,6 @@ def _train(
             objective.module.train()
         if step % 50 == 49:
             bar.set_postfix(loss=f"{record.losses[-1]:.3f}")
-    prefetch.shutdown()
     record.finish(clock)
     record.time_split = timer.seconds
     record.threads = torch.get_num_threads()

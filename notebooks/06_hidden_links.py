@@ -946,6 +946,7 @@ plt.close(fig)
 
 # %%
 report.glue("minutes", (time.perf_counter() - start) / 60)
+report.glue("cam_grid", bundle.model.visual.grid_size[0])
 report.glue("cpu_minutes", (time.process_time() - start_cpu) / 60)
 report.glue("n_runs", n_runs)
 report.glue("n_train_memes", len(train))
@@ -1005,7 +1006,8 @@ report.glue_words(
 # source's in one way (the hidden words are new tokens, never seen in any labelled meme) and
 # easier in another (each link is stated directly by one chain sentence, and there are only
 # sixteen). The source judged its last stage on one meme's attention map; here every stage is
-# scored on all test memes, and the maps come from an 8 × 8 patch grid. In the `full` profile
+# scored on all test memes, and the maps come from a {glue:text}`cam_grid:.0f` ×
+# {glue:text}`cam_grid:.0f` patch grid. In the `full` profile
 # the stages 2–3 need the user's auxiliary images and chain sentences (this repository ships none
 # of the source's offensive examples), and the shown/hidden split does not exist: the numbers are
 # over all test memes.

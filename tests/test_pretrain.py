@@ -166,3 +166,12 @@ def test_benchmark_reports_every_number(fresh_cache):
         assert result[key] > 0, key
     shares = [v for k, v in result.items() if k.startswith("share_")]
     assert len(shares) == 3 and abs(sum(shares) - 1) < 1e-9
+
+
+def test_the_cached_tokenizer_equals_the_bundles():
+    bundle = pretrain.create_model("clipnb-ViT-tiny")
+    captions = ["a red circle", "the digit seven in blue", "a red circle", "a photo of a star"]
+    cached = pretrain.CachedTokenizer(bundle)
+    assert torch.equal(cached(captions), bundle.tokenize(captions))
+    assert torch.equal(cached(captions[::-1]), bundle.tokenize(captions[::-1]))
+    assert len(cached.rows) == 3
