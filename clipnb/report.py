@@ -196,6 +196,8 @@ def _cell_text(value: Any, digits: int) -> str:
     if isinstance(value, int | np.integer):
         return str(int(value))
     if isinstance(value, float | np.floating):
+        if value and abs(value) < 0.5 * 10.0**-digits:  # a learning rate would read as 0.000
+            return f"{float(value):.2g}"
         return f"{float(value):.{digits}f}"
     return str(value)
 

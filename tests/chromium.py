@@ -108,7 +108,6 @@ class Chromium:
                 "--disable-component-update",
                 "--disable-sync",
                 "--disable-extensions",
-                "--hide-scrollbars",
                 # No name resolves: even a request the offline emulation missed cannot leave.
                 "--host-resolver-rules=MAP * ~NOTFOUND",
                 "--remote-debugging-address=127.0.0.1",
@@ -137,13 +136,7 @@ class Chromium:
             downloadThroughput=-1,
             uploadThroughput=-1,
         )
-        self.send(
-            "Emulation.setDeviceMetricsOverride",
-            width=self.width,
-            height=self.height,
-            deviceScaleFactor=1,
-            mobile=False,
-        )
+        self._metrics(self.height)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -224,15 +217,27 @@ class Chromium:
         return report
 
     def screenshot(self, out: Path, height: int) -> None:
-        """The whole page, not only the first screen, as a PNG."""
-        data = self.send(
-            "Page.captureScreenshot",
-            format="png",
-            captureBeyondViewport=True,
-            clip={"x": 0, "y": 0, "width": self.width, "height": max(height, 1), "scale": 1},
-        )["data"]
+        """The whole page, not only the first screen, as a PNG.
+
+        The viewport is made as tall as the page for the capture (Chromium's capture "beyond the
+        viewport" shifted wide pages sideways), then set back.
+        """
+        self._metrics(max(height, 1))
+        try:
+            data = self.send("Page.captureScreenshot", format="png")["data"]
+        finally:
+            self._metrics(self.height)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_bytes(base64.b64decode(data))
+
+    def _metrics(self, height: int) -> None:
+        self.send(
+            "Emulation.setDeviceMetricsOverride",
+            width=self.width,
+            height=height,
+            deviceScaleFactor=1,
+            mobile=False,
+        )
 
 
 def main(argv: list[str]) -> int:

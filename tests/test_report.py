@@ -81,6 +81,8 @@ def test_floats_keep_one_decimal_count_down_a_column():
     cells = parse(frame.round({"accuracy": 1, "ari": 3}))
     assert [r[0][2] for r in cells.rows] == ["12.0", "12.5", "100.0"]
     assert [r[1][2] for r in cells.rows] == ["0.123", "0.500", "0.250"]
+    small = parse(pd.Series({"image": 1e-4, "text": 3e-5, "none": 0.0}, name="learning rate"))
+    assert [r[1][2] for r in small.rows] == ["0.0001", "3e-05", "0.000"]
 
 
 def test_multi_level_rows_show_repeated_outer_labels_once_and_numeric_columns_are_named():
