@@ -5,6 +5,9 @@ Fonts are matplotlib's bundled DejaVu so that figures are identical on every mac
 
 from __future__ import annotations
 
+import html
+import math
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -31,6 +34,25 @@ def set_style() -> None:
             "font.family": "DejaVu Sans",
         }
     )
+    _register_table_formatter()
+
+
+def _register_table_formatter() -> None:
+    """Show every DataFrame and Series the chapters display through :func:`table_html`.
+
+    Registered on the kernel's HTML formatter (not by wrapping each displayed table) so that every
+    table of every chapter, and every table a reader displays in JupyterLab, reads the same way.
+    """
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return
+    shell = get_ipython()
+    if shell is None or not hasattr(shell, "display_formatter"):
+        return
+    formatter = shell.display_formatter.formatters["text/html"]
+    formatter.for_type(pd.DataFrame, table_html)
+    formatter.for_type(pd.Series, table_html)
 
 
 def glue(name: str, value: Any, display: bool = False) -> None:
@@ -140,3 +162,108 @@ def image_grid(
             ax.set_title("\n".join(textwrap.wrap(titles[i], 22)), fontsize=title_size)
     fig.tight_layout()
     return fig
+
+
+# --- tables --------------------------------------------------------------------------------------
+
+#: A cell that reads as a number ("12.3", "-4", "12.3 ± 0.4", "56 %"): right-aligned in tables.
+_NUMBER = re.compile(r"^[-−+]?\d[\d,.]*(e[-+]?\d+)?( ± \d[\d,.]*)?( ?%)?$")
+MISSING = "—"
+
+
+def _float_decimals(values: Sequence[float], most: int = 3) -> int:
+    """The fewest decimals, at least one, that show every value of a column as it was rounded.
+
+    A column the chapter rounded to one decimal (percentages) shows one decimal throughout,
+    ``12.0`` as well as ``12.5``; unrounded scores show ``most`` decimals.
+    """
+    finite = [v for v in values if math.isfinite(v)]
+    for digits in range(1, most):
+        if all(abs(round(v, digits) - v) <= 1e-9 * max(1.0, abs(v)) for v in finite):
+            return digits
+    return most
+
+
+def _is_missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float | np.floating) and math.isnan(value))
+
+
+def _cell_text(value: Any, digits: int) -> str:
+    if _is_missing(value):
+        return MISSING
+    if isinstance(value, bool | np.bool_):
+        return str(bool(value))
+    if isinstance(value, int | np.integer):
+        return str(int(value))
+    if isinstance(value, float | np.floating):
+        if value and abs(value) < 0.5 * 10.0**-digits:  # a learning rate would read as 0.000
+            return f"{float(value):.2g}"
+        return f"{float(value):.{digits}f}"
+    return str(value)
+
+
+def _label(value: Any) -> str:
+    if isinstance(value, tuple):  # a column of a MultiIndex: one header, its levels joined
+        return " · ".join(_label(v) for v in value if str(v) != "")
+    return "" if _is_missing(value) else str(value)
+
+
+def table_html(table: pd.DataFrame | pd.Series) -> str:
+    """A table as a report shows it: one header row, row labels, consistent numbers.
+
+    Unlike pandas' HTML there is no row of index names, no columns name (``column``) above the
+    header and no ``0 1 2`` row numbers: named row labels become the leading columns, under their
+    names, and numeric column labels are named (``shots = 4``). Repeated outer labels of a
+    multi-level index are shown once. Floats get the same number of decimals down a column (see
+    :func:`_float_decimals`), missing values show ``—``, and cells that read as numbers, and the
+    headers of columns of numbers, are right-aligned (class ``num``; CSS in ``book/_static``).
+    """
+    if isinstance(table, pd.Series):
+        table = table.to_frame(name="" if table.name is None else table.name)
+    frame = table
+    show_index = not (
+        isinstance(frame.index, pd.RangeIndex)
+        and frame.index.start == 0
+        and frame.index.step == 1
+        and frame.index.name is None
+    )
+    columns = []
+    for j in range(frame.shape[1]):
+        values = list(frame.iloc[:, j])
+        digits = _float_decimals([float(v) for v in values if isinstance(v, float | np.floating)])
+        columns.append([_cell_text(v, digits) for v in values])
+
+    def cell(tag: str, text: str, num: bool, extra: str = "") -> str:
+        cls = ' class="num"' if num else ""
+        return f"<{tag}{cls}{extra}>{html.escape(text)}</{tag}>"
+
+    def is_number(text: str) -> bool:
+        return bool(_NUMBER.match(text))
+
+    index_names = [_label(n) for n in frame.index.names] if show_index else []
+    head = "".join(cell("th", name, False, ' scope="col"') for name in index_names)
+    # Numeric column labels (shot counts, noise rates) mean nothing without the columns' name;
+    # word labels stand alone, and their name (``column``, ``metric``) would only be an artefact.
+    numeric = frame.columns.name is not None and all(
+        isinstance(c, int | float | np.integer | np.floating) for c in frame.columns
+    )
+    labels = [f"{frame.columns.name} = {c}" if numeric else _label(c) for c in frame.columns]
+    for label, texts in zip(labels, columns, strict=True):
+        of_numbers = all(is_number(t) or t == MISSING for t in texts) and any(map(is_number, texts))
+        head += cell("th", label, of_numbers, ' scope="col"')
+    rows = []
+    previous: tuple[Any, ...] = ()
+    for i, key in enumerate(frame.index):
+        parts: list[str] = []
+        if show_index:
+            levels = key if isinstance(key, tuple) else (key,)
+            for level, value in enumerate(levels):
+                same = previous[: level + 1] == levels[: level + 1] and level < len(levels) - 1
+                parts.append(cell("th", "" if same else _label(value), False, ' scope="row"'))
+            previous = levels
+        parts += [cell("td", texts[i], is_number(texts[i])) for texts in columns]
+        rows.append("<tr>" + "".join(parts) + "</tr>")
+    return (
+        '<table class="dataframe clipnb-table">'
+        f"<thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+    )

@@ -12,6 +12,7 @@ import datetime as _dt
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -150,6 +151,11 @@ def package_hash() -> str:
     return tree_hash(files, PACKAGE_DIR)
 
 
+#: Bumped when :func:`prepare_for_book` changes what it writes, so that executed notebooks are
+#: rendered again (the runner itself is not part of :func:`package_hash`).
+BOOK_FORMAT = 1
+
+
 def format_metric(value: float) -> str:
     """Percentages and minutes with one decimal; scores below 1 (ARI, AMI, ...) with three."""
     if value != value:  # NaN: a metric this profile cannot compute
@@ -167,7 +173,7 @@ def resolve(
     check_parameters(study, defaults, params)
     source = (notebooks_dir() / study.notebook).read_text()
     data = os.environ.get("CLIPNB_DATA", "") if profile == "full" else ""
-    digest = stable_hash([source, params, package_hash(), data], length=32)
+    digest = stable_hash([source, params, package_hash(), data, BOOK_FORMAT], length=32)
     return nb, params, digest
 
 
@@ -277,6 +283,101 @@ def prepare_models(profile: str) -> None:
         pretrain.prepare(profile, progress=True)
 
 
+# --- executed notebook -> book chapter ---------------------------------------------------------
+
+#: What a terminal shows of a progress bar: ``desc:  50%|█████     | 1/2 [00:00<00:00, 8.6it/s]``
+#: or, without a total, ``desc: 5it [00:01, 4.2it/s]``.
+_PROGRESS_LINE = re.compile(r"\d+%\|.*\|\s*[\d.]+[kMG]?/|\d+(it|s/it) \[\d")
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+# tqdm.auto without ipywidgets warns once per kernel, then falls back to text bars.
+_TQDM_WARNING = re.compile(r"TqdmWarning: IProgress not found|^\s+from \.autonotebook import")
+
+
+def strip_progress(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
+    """Drop progress bars and tqdm's IProgress warning from the stream outputs, keep the rest.
+
+    Each line is read as a terminal would show it (the text after its last carriage return,
+    without cursor moves); bars and blanks left by redrawn bars go, other lines (a print, a real
+    warning) stay.
+    """
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        outputs = []
+        for output in cell.get("outputs", []):
+            if output.get("output_type") == "stream":
+                kept = []
+                for line in output.text.splitlines(keepends=True):
+                    visible = _ANSI.sub("", line.rsplit("\r", 1)[-1])
+                    redrawn = "\r" in line or visible != line
+                    if _PROGRESS_LINE.search(visible) or _TQDM_WARNING.search(visible):
+                        continue
+                    if redrawn and not visible.strip():
+                        continue
+                    kept.append(visible)
+                output.text = "".join(kept)
+                if not output.text.strip():  # only the newline a closed bar leaves
+                    continue
+            outputs.append(output)
+        cell.outputs = outputs
+    return nb
+
+
+def parameters_markdown(profile: str, defaults: dict[str, Any], params: dict[str, Any]) -> str:
+    """The parameters this chapter ran with, as a folded listing (a MyST dropdown)."""
+
+    def code(value: Any) -> str:
+        return "`" + repr(value).replace("|", "\\|").replace("`", "'") + "`"
+
+    rows = [
+        f"| `{name}` | {code(params.get(name, default))} | "
+        + ("" if name not in params or params[name] == default else code(default))
+        + " |"
+        for name, default in defaults.items()
+    ]
+    return "\n".join(
+        [
+            f":::{{dropdown}} Parameters of this run (profile `{profile}`)",
+            "The values this chapter ran with; where the profile changed a notebook default, the",
+            "default is given beside it. Rerun with others with",
+            "`python -m clipnb run STUDY --set name=value`.",
+            "",
+            "| parameter | value | notebook default |",
+            "| --- | --- | --- |",
+            *rows,
+            ":::",
+        ]
+    )
+
+
+def prepare_for_book(
+    nb: nbformat.NotebookNode, profile: str, defaults: dict[str, Any], params: dict[str, Any]
+) -> nbformat.NotebookNode:
+    """Turn an executed notebook into a chapter: code folded, parameters listed once, no noise.
+
+    Tags are added here, to the executed copy, so that the notebooks in ``notebooks/`` stay plain
+    in JupyterLab. Every code cell's source is folded (``hide-input``, one click away) unless the
+    notebook chose a tag of its own; the defaults cell and papermill's injected cell are removed
+    and replaced by one listing of the values the run used.
+    """
+    nb = strip_progress(nb)
+    listing_at = None
+    for i, cell in enumerate(nb.cells):
+        if cell.cell_type != "code":
+            continue
+        tags = cell.metadata.setdefault("tags", [])
+        if "parameters" in tags or "injected-parameters" in tags:
+            tags.append("remove-cell")
+            listing_at = i + 1
+        elif not any(t.startswith(("hide-", "remove-")) for t in tags):
+            tags.append("hide-input")
+    if listing_at is not None:
+        listing = nbformat.v4.new_markdown_cell(parameters_markdown(profile, defaults, params))
+        listing.metadata["tags"] = ["clipnb-parameters"]
+        nb.cells.insert(listing_at, listing)
+    return nb
+
+
 def run_study(
     study: Study,
     profile: str,
@@ -321,6 +422,10 @@ def run_study(
     seconds = time.perf_counter() - start
     if tmp.exists():
         executed = nbformat.read(tmp, as_version=4)
+        if status == "ok":  # a failed chapter keeps its code and streams in view, to debug
+            defaults = notebook_parameters(nb, study.notebook)
+            prepare_for_book(executed, profile, defaults, params)
+            nbformat.write(executed, tmp)
         os.replace(tmp, out_nb)
     else:
         executed = nb

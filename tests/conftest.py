@@ -7,6 +7,9 @@ test (and no notebook a test executes) can reach the network or touch the user's
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -51,3 +54,27 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def built_book(tmp_path_factory, repo) -> Path:
+    """Every study in the smoke profile, then the book: its HTML folder (built once per session).
+
+    A copy of ``book/`` in a temporary folder, so a test run never touches the user's build.
+    """
+    from clipnb import runner
+
+    book = tmp_path_factory.mktemp("site") / "book"
+    shutil.copytree(repo / "book", book, ignore=shutil.ignore_patterns("_build", "executed"))
+    outcomes = runner.run(None, "smoke", out_dir=book / "executed")
+    failed = [f"{o.study}: {o.message}" for o in outcomes if o.status != "ran"]
+    assert not failed, failed
+    jb = Path(sys.executable).parent / "jupyter-book"
+    proc = subprocess.run(
+        [str(jb), "build", str(book), "-W", "-n", "--keep-going"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    return book / "_build" / "html"

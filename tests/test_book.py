@@ -1,21 +1,19 @@
 """End to end: every study notebook in the smoke profile, then the Jupyter Book build.
 
 This is what keeps chapters from rotting: a notebook that no longer runs, a glue key the prose
-cites but the code no longer sets, or a broken image or link fails here.
+cites but the code no longer sets, or a broken image or link fails here. The build itself is the
+session fixture ``built_book`` (conftest), shared with the browser test.
 """
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-import sys
+import re
 from html.parser import HTMLParser
-from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 import pytest
 
-from clipnb import runner, studies
+from clipnb import studies
 
 pytestmark = pytest.mark.slow
 
@@ -24,6 +22,7 @@ class _Links(HTMLParser):
     def __init__(self) -> None:
         super().__init__()
         self.refs: list[str] = []
+        self.resources: list[str] = []  # what a browser loads with the page (not links)
 
     def handle_starttag(self, tag, attrs):
         attrs = dict(attrs)
@@ -31,24 +30,10 @@ class _Links(HTMLParser):
             self.refs.append(attrs["src"])
         if tag == "a" and attrs.get("href"):
             self.refs.append(attrs["href"])
-
-
-@pytest.fixture(scope="module")
-def built_book(tmp_path_factory, repo):
-    book = tmp_path_factory.mktemp("site") / "book"
-    shutil.copytree(repo / "book", book, ignore=shutil.ignore_patterns("_build", "executed"))
-    outcomes = runner.run(None, "smoke", out_dir=book / "executed")
-    failed = [f"{o.study}: {o.message}" for o in outcomes if o.status != "ran"]
-    assert not failed, failed
-    jb = Path(sys.executable).parent / "jupyter-book"
-    proc = subprocess.run(
-        [str(jb), "build", str(book), "-W", "-n", "--keep-going"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-    return book / "_build" / "html"
+        if tag in ("script", "img", "iframe", "source", "video", "audio") and attrs.get("src"):
+            self.resources.append(attrs["src"])
+        if tag == "link" and attrs.get("href"):
+            self.resources.append(attrs["href"])
 
 
 def test_every_chapter_and_the_reproducibility_page_are_built(built_book):
@@ -81,3 +66,23 @@ def test_no_glue_key_is_missing(built_book):
     for page in (built_book / "executed").glob("*.html"):
         text = page.read_text()
         assert "glue" not in text.lower() or "Could not find" not in text, page
+
+
+def test_no_page_or_style_sheet_loads_anything_from_outside(built_book):
+    outside = []
+    for page in built_book.rglob("*.html"):
+        parser = _Links()
+        parser.feed(page.read_text())
+        outside += [
+            f"{page.name}: {r}"
+            for r in parser.resources
+            if urlparse(r).scheme or r.startswith("//")
+        ]
+    for sheet in built_book.rglob("*.css"):
+        for url in re.findall(r"url\(\s*[\"']?([^)\"']+)", sheet.read_text(errors="replace")):
+            if urlparse(url).scheme not in ("", "data"):
+                outside.append(f"{sheet.name}: {url}")
+    assert not outside, outside[:20]
+    assert (built_book / "_static" / "mathjax" / "tex-chtml.js").exists(), (
+        "MathJax ships with the book"
+    )

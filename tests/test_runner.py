@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import nbformat
 import pytest
 
 from clipnb import runner, studies
@@ -90,6 +91,9 @@ def test_incremental_runs_and_failures(fake_studies):
         "[First](first.ipynb)", "First"
     )
     assert "| second | smoke |" in (out / "reproducibility.md").read_text()
+    chapter = nbformat.read(out / "first.ipynb", as_version=4)
+    assert "hide-input" in chapter.cells[-1].metadata.tags, "code is folded in the book"
+    assert "| `x` | `3` | `1` |" in chapter.cells[2].source, "the run's parameters, listed once"
 
     # Nothing changed: no work.
     assert [o.status for o in runner.run(None, "smoke", out_dir=out)] == [
@@ -198,3 +202,65 @@ def test_summary_keeps_the_precision_of_small_scores():
     assert runner.format_metric(0.1234) == "0.123"
     assert runner.format_metric(-0.004) == "-0.004"
     assert runner.format_metric(float("nan")) == "n/a"
+
+
+def _code(source: str, tags: list[str] | None = None, outputs: list | None = None):
+    cell = nbformat.v4.new_code_cell(source, outputs=outputs or [])
+    if tags:
+        cell.metadata["tags"] = tags
+    return cell
+
+
+def test_prepare_for_book_folds_code_and_lists_parameters_once():
+    nb = nbformat.v4.new_notebook(
+        cells=[
+            nbformat.v4.new_markdown_cell("# Title"),
+            _code('profile = "embedded"\nn = 1\nnames = ["a|b"]', ["parameters"]),
+            _code('profile = "smoke"\nn = 2', ["injected-parameters"]),
+            _code("x = n"),
+            _code("plt.show()", ["remove-input"]),
+        ]
+    )
+    defaults = {"profile": "embedded", "n": 1, "names": ["a|b"]}
+    runner.prepare_for_book(nb, "smoke", defaults, {"profile": "smoke", "n": 2})
+    tags = [c.metadata.get("tags", []) for c in nb.cells]
+    assert "remove-cell" in tags[1] and "remove-cell" in tags[2]
+    assert tags[4] == ["hide-input"] and tags[5] == ["remove-input"], "a notebook's own tag wins"
+    listing = nb.cells[3]
+    assert listing.cell_type == "markdown" and listing.source.startswith(":::{dropdown}")
+    assert "| `n` | `2` | `1` |" in listing.source
+    assert "| `names` | `['a\\|b']` |  |" in listing.source  # a pipe cannot break the table
+    assert sum(line.startswith("| `") for line in listing.source.splitlines()) == 3
+
+
+def test_strip_progress_keeps_prints_and_warnings_only():
+    def stream(name: str, text: str):
+        return nbformat.v4.new_output("stream", name=name, text=text)
+
+    warning = (
+        "/x/tqdm/auto.py:21: TqdmWarning: IProgress not found. Please update jupyter and "
+        "ipywidgets.\n  from .autonotebook import tqdm as notebook_tqdm\n"
+    )
+    nb = nbformat.v4.new_notebook(
+        cells=[
+            _code(
+                "train()",
+                outputs=[
+                    stream("stderr", warning),
+                    stream("stderr", "\rfit:   0%|          | 0/4 [00:00<?, ?it/s]"),
+                    stream("stderr", "\rfit: 100%|██████████| 4/4 [00:02<00:00,  1.6it/s]"),
+                    stream("stderr", "\r                              \r"),
+                    stream("stderr", "\x1b[A\n"),
+                    stream("stderr", "\rencode: 5it [00:01, 4.20it/s]\n"),
+                    stream("stderr", "\rWARNING:root:random init\n"),
+                    stream("stdout", "memes: 64 train\n"),
+                    stream("stderr", "\n"),
+                ],
+            )
+        ]
+    )
+    runner.strip_progress(nb)
+    assert [(o.name, o.text) for o in nb.cells[0].outputs] == [
+        ("stderr", "WARNING:root:random init\n"),
+        ("stdout", "memes: 64 train\n"),
+    ]
