@@ -7,8 +7,12 @@ test (and no notebook a test executes) can reach the network or touch the user's
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -51,3 +55,28 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def run_studies_and_build_book(
+    book: Path, profile: str, **run_kwargs: Any
+) -> tuple[Path, list[Any]]:
+    """Copy the repository's book to ``book``, run every study into it, build it strictly.
+
+    Fails on any failed study, and on any warning of ``jupyter-book build -W -n --keep-going``.
+    Returns the HTML folder and the studies' outcomes.
+    """
+    from clipnb import runner
+
+    shutil.copytree(REPO / "book", book, ignore=shutil.ignore_patterns("_build", "executed"))
+    outcomes = runner.run(None, profile, out_dir=book / "executed", **run_kwargs)
+    failed = [f"{o.study}: {o.message}" for o in outcomes if o.status != "ran"]
+    assert not failed, failed
+    jb = Path(sys.executable).parent / "jupyter-book"
+    proc = subprocess.run(
+        [str(jb), "build", str(book), "-W", "-n", "--keep-going"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    return book / "_build" / "html", outcomes

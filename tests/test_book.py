@@ -6,16 +6,13 @@ cites but the code no longer sets, or a broken image or link fails here.
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-import sys
 from html.parser import HTMLParser
-from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 import pytest
 
-from clipnb import runner, studies
+from clipnb import studies
+from tests.conftest import run_studies_and_build_book
 
 pytestmark = pytest.mark.slow
 
@@ -35,20 +32,8 @@ class _Links(HTMLParser):
 
 @pytest.fixture(scope="module")
 def built_book(tmp_path_factory, repo):
-    book = tmp_path_factory.mktemp("site") / "book"
-    shutil.copytree(repo / "book", book, ignore=shutil.ignore_patterns("_build", "executed"))
-    outcomes = runner.run(None, "smoke", out_dir=book / "executed")
-    failed = [f"{o.study}: {o.message}" for o in outcomes if o.status != "ran"]
-    assert not failed, failed
-    jb = Path(sys.executable).parent / "jupyter-book"
-    proc = subprocess.run(
-        [str(jb), "build", str(book), "-W", "-n", "--keep-going"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-    return book / "_build" / "html"
+    html, _ = run_studies_and_build_book(tmp_path_factory.mktemp("site") / "book", "smoke")
+    return html
 
 
 def test_every_chapter_and_the_reproducibility_page_are_built(built_book):
