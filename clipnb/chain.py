@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 
 from .data import ImageSet
 from .evaluation import select_on_validation
-from .features import encode_images, image_tensors
+from .features import encode_images, image_tensors, text_features
 from .finetune import IMAGE_PARTS, TEXT_PARTS, set_trainable
 from .models import ClipBundle
 
@@ -100,7 +100,7 @@ class FrozenReference:
         self.words = tuple(anchors)
         with torch.no_grad():
             tokens = bundle.tokenize(list(self.words)).to(_device(self.model))
-            self.anchors = F.normalize(self.model.encode_text(tokens).float(), dim=-1)
+            self.anchors = F.normalize(text_features(self.model, tokens).float(), dim=-1)
 
 
 def _device(model: nn.Module) -> torch.device:
@@ -111,7 +111,7 @@ def _device(model: nn.Module) -> torch.device:
 def _encode_text(model: nn.Module, tokens: torch.Tensor, batch: int = 512) -> torch.Tensor:
     """Normalised text embeddings of many token rows, in chunks (no gradient)."""
     chunks = [
-        model.encode_text(tokens[i : i + batch]).float() for i in range(0, len(tokens), batch)
+        text_features(model, tokens[i : i + batch]).float() for i in range(0, len(tokens), batch)
     ]
     return F.normalize(torch.cat(chunks), dim=-1)
 
@@ -179,7 +179,7 @@ def target_share(bundle: ClipBundle, reference: FrozenReference, sentences: Sequ
     ("hateful") among the frozen reference's anchors."""
     model = bundle.model.eval()
     tokens = bundle.tokenize(list(sentences)).to(_device(model))
-    feats = F.normalize(model.encode_text(tokens).float(), dim=-1)
+    feats = F.normalize(text_features(model, tokens).float(), dim=-1)
     nearest = (feats @ reference.anchors.to(feats.device).T).argmax(dim=1)
     return float((nearest == 0).float().mean().item() * 100)
 
@@ -426,7 +426,7 @@ def finetune_memes(
             if aux_rows is not None:
                 used.append(texts.aux[aux_rows].flatten())
             needed = torch.unique(torch.cat(used))
-            feats = F.normalize(model.encode_text(tokens[needed]).float(), dim=-1)
+            feats = F.normalize(text_features(model, tokens[needed]).float(), dim=-1)
             text = feats.new_zeros(len(tokens), feats.shape[1]).index_copy(
                 0, needed.to(device), feats
             )

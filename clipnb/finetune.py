@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from .data import ImageSet
 from .evaluation import accuracy
-from .features import image_tensors
+from .features import image_tensors, text_features
 from .models import ClipBundle, model_parts
 
 PARTS: tuple[str, ...] = ("text_encoder", "image_encoder", "text_projection", "image_projection")
@@ -92,9 +92,9 @@ class ClipZeroShotModel(nn.Module):
         if self.text_frozen:
             if self._text_cache is None:
                 with torch.no_grad():
-                    self._text_cache = F.normalize(self.model.encode_text(self.tokens), dim=-1)
+                    self._text_cache = F.normalize(text_features(self.model, self.tokens), dim=-1)
             return self._text_cache
-        return F.normalize(self.model.encode_text(self.tokens), dim=-1)
+        return F.normalize(text_features(self.model, self.tokens), dim=-1)
 
     def image_features(self, pixels: torch.Tensor) -> torch.Tensor:
         if self.image_frozen:
@@ -143,7 +143,7 @@ def evaluate_pixels(
     """Zero-shot accuracy of ``model`` on preprocessed pixels against prompt ``tokens``."""
     was_training = model.training
     model.eval()
-    text = F.normalize(model.encode_text(tokens), dim=-1)
+    text = F.normalize(text_features(model, tokens), dim=-1)
     feats = torch.cat(
         [
             F.normalize(model.encode_image(pixels[i : i + 512]), dim=-1)

@@ -27,7 +27,8 @@ from tqdm.auto import tqdm
 
 from .data import DATASETS, DIGIT_WORDS, DatasetSplits, ImageSet, few_shot, load_dataset
 from .evaluation import accuracy, select_on_validation
-from .features import encode_images, encode_texts, image_tensors
+from .feature_decoding import mask_geometry
+from .features import encode_images, encode_texts, image_tensors, text_features
 from .finetune import IMAGE_PARTS, TEXT_PARTS, finetune, image_pre_projection
 from .gradcam import ClipGradCAM, cam_mass_in_mask
 from .models import ClipBundle
@@ -103,7 +104,7 @@ class SplitScorer:
     def class_features(self, model: nn.Module, part: str | None) -> torch.Tensor:
         """Normalised class text embeddings ``[C, D]`` of ``model`` (``part=None``: pretrained)."""
         if part in TEXT_PARTS:
-            return F.normalize(model.encode_text(self.tokens), dim=-1)
+            return F.normalize(text_features(model, self.tokens), dim=-1)
         return self.text
 
     def image_features(self, model: nn.Module, part: str | None) -> torch.Tensor:
@@ -254,18 +255,26 @@ def ink_masks(images: np.ndarray, threshold: float = 0.5) -> np.ndarray:
     return gray > threshold * np.maximum(peak, 1e-9)
 
 
-def object_masks(split: ImageSet, indices: Sequence[int]) -> tuple[np.ndarray | None, str]:
+def object_masks(
+    split: ImageSet, indices: Sequence[int], preprocess: Callable | None = None
+) -> tuple[np.ndarray | None, str]:
     """Masks of ``split``'s rows ``indices`` and what they are.
 
     The set's own object masks when it has them (the generated world); the ink for a digit set
-    without masks (class names are the digit words); otherwise ``(None, "")``.
+    without masks (class names are the digit words); otherwise ``(None, "")``. With the model's
+    ``preprocess``, its resize and crop are replayed on the masks, so they line up with the CAMs
+    (e.g. 28-pixel MNIST digits under a 224-pixel model).
     """
     idx = np.asarray(indices, dtype=np.int64)
     if split.masks is not None:
-        return np.asarray(split.masks)[idx].astype(bool), "object mask"
-    if list(split.class_names) == DIGIT_WORDS:
-        return ink_masks(np.stack([split.array(int(i)) for i in idx])), "ink"
-    return None, ""
+        masks, kind = np.asarray(split.masks)[idx].astype(bool), "object mask"
+    elif list(split.class_names) == DIGIT_WORDS and len(idx):
+        masks, kind = ink_masks(np.stack([split.array(int(i)) for i in idx])), "ink"
+    else:
+        return None, ""
+    if preprocess is not None:
+        masks = np.stack([mask_geometry(preprocess, m.astype(np.uint8)) for m in masks]) > 0
+    return masks, kind
 
 
 def cam_spread(cams: np.ndarray) -> np.ndarray:
@@ -324,11 +333,12 @@ class CamProbe:
     def __post_init__(self) -> None:
         self.mass_indices = np.asarray(self.mass_indices, dtype=np.int64)
         self.figure_indices = np.asarray(self.figure_indices, dtype=np.int64)
-        self.masks, self.mask_kind = object_masks(self.scorer.split, self.mass_indices)
+        preprocess = self.scorer.bundle.preprocess
+        self.masks, self.mask_kind = object_masks(self.scorer.split, self.mass_indices, preprocess)
         if self.wrong_target is not None:
             true_class = self.wrong_target[0]
             self.wrong_indices = np.flatnonzero(self.scorer.split.labels == true_class)
-            self.wrong_masks, _ = object_masks(self.scorer.split, self.wrong_indices)
+            self.wrong_masks, _ = object_masks(self.scorer.split, self.wrong_indices, preprocess)
 
     @property
     def mask_area(self) -> float:

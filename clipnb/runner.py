@@ -244,16 +244,19 @@ def stale_studies(
     studies: list[Study],
     profile: str,
     out_dir: Path,
-    overrides: dict[str, Any] | None = None,
+    params: dict[str, dict[str, Any]] | None = None,
 ) -> list[Study]:
-    """The studies a run would execute (their notebook, parameters or code changed)."""
+    """The studies a run would execute (their notebook, parameters or code changed).
+
+    ``params`` maps a study's name to the parameters it runs with (default: the profile's).
+    """
     return [
         s
         for s in studies
         if not _up_to_date(
             out_dir / f"{s.name}.ipynb",
             out_dir / f"{s.name}.stamp.json",
-            resolve(s, profile, _applicable(s, profile, overrides))[2],
+            resolve(s, profile, (params or {}).get(s.name, {}))[2],
         )
     ]
 
@@ -457,23 +460,32 @@ def run(
     out_dir: Path | None = None,
     kernel_name: str = KERNEL_NAME,
     force: bool = False,
+    study_overrides: dict[str, dict[str, Any]] | None = None,
 ) -> list[Outcome]:
-    """Run the named studies (all by default) in registry order; check every study first."""
+    """Run the named studies (all by default) in registry order; check every study first.
+
+    ``overrides`` apply to every study that has the parameter; ``study_overrides`` maps a study's
+    name to parameters for that study only (applied last), e.g. small sizes for a dry run.
+    """
     studies = [get_study(n) for n in names] if names else list(STUDIES)
     out_dir = Path(out_dir) if out_dir else default_out_dir()
+    per_study = study_overrides or {}
+    for name in per_study:
+        get_study(name)  # an unknown study name fails before any work
+    params = {
+        study.name: {
+            **((overrides or {}) if len(studies) == 1 else _applicable(study, profile, overrides)),
+            **per_study.get(study.name, {}),
+        }
+        for study in studies
+    }
     for study in studies:  # fail fast on bad names/types before any work
-        resolve(
-            study,
-            profile,
-            overrides if len(studies) == 1 else _applicable(study, profile, overrides),
-        )
-    if force or stale_studies(studies, profile, out_dir, overrides):
+        resolve(study, profile, params[study.name])
+    if force or stale_studies(studies, profile, out_dir, params):
         prepare_models(profile)
     outcomes = []
     for study in studies:
-        outcome = run_study(
-            study, profile, out_dir, _applicable(study, profile, overrides), kernel_name, force
-        )
+        outcome = run_study(study, profile, out_dir, params[study.name], kernel_name, force)
         label = {
             "ran": f"done in {outcome.seconds:.1f} s",
             "up-to-date": "up to date (skipped)",

@@ -308,6 +308,8 @@ STUDIES: list[Study] = [
                     "pixels",
                 ],
                 "datasets": ["flowers102", "fgvc_aircraft"],
+                # The colour control is the generated world's; real datasets have no such twin.
+                "control_datasets": [],
                 "focus_dataset": "fgvc_aircraft",
                 # Flowers102's torchvision train split has 10 images per class: no 25-shot draw.
                 "shots": [1, 5, 10],

@@ -55,7 +55,8 @@ import torch
 import clipnb
 from clipnb import chain, memes, report
 from clipnb.evaluation import fit_linear_probe, select_on_validation
-from clipnb.features import encode_images, encode_texts
+from clipnb.features import encode_images, encode_texts, image_tensors
+from clipnb.fewshot import display_images
 from clipnb.profiles import load_model
 
 start, start_cpu = time.perf_counter(), time.process_time()
@@ -554,18 +555,24 @@ aux_hidden_vs = {
 aux_off = [aux_names[k] for k, v in aux_hidden_vs.items() if v not in ("at chance", "not measured")]
 report.glue_words(
     "stages_hidden_verdict",
-    "None of the stages moves the hidden-link AUROC off chance"
+    "Without auxiliary data only the memes-only stage ran"
+    if not have_aux
+    else "None of the stages moves the hidden-link AUROC off chance"
     if not aux_off
     else f"{report.join_words(aux_off).capitalize()} {'moves' if len(aux_off) == 1 else 'move'} the"
     " hidden-link AUROC off chance",
 )
 # Do the accuracies on hateful memes and on confounders trade off from seed to seed?
 aux_rows = stages[stages.stage.isin(aux_stages.values()) & (stages.group == main_group)]
-centred = aux_rows.groupby("stage")[["linked", "confounders"]].transform(lambda c: c - c.mean())
-trade = float(centred["linked"].corr(centred["confounders"])) if len(seeds) > 1 else np.nan
+trade = np.nan  # one seed, or no auxiliary stages (full profile without aux_dir): no pairs
+if len(seeds) > 1 and len(aux_rows):
+    centred = aux_rows.groupby("stage")[["linked", "confounders"]].transform(lambda c: c - c.mean())
+    trade = float(centred["linked"].corr(centred["confounders"]))
 report.glue("trade_corr", trade)
 report.glue("trade_std_max", float(aux_rows.groupby("stage")["linked"].std().max()))
-if np.isnan(trade):
+if not len(aux_rows):
+    words = "cannot be compared here (no auxiliary stages ran)"
+elif np.isnan(trade):
     words = "cannot be compared from seed to seed (one seed)"
 elif trade < -0.5:
     words = "swing in opposite directions from seed to seed"
@@ -782,7 +789,7 @@ report.mean_std_table(cam_table, index="stage", columns="column", value="value")
 # %%
 shown_meme = int(rows_cam[cam_group][0])
 fig = chain.cam_rows_figure(
-    test.array(shown_meme),
+    display_images(bundle, image_tensors(bundle, test, [shown_meme]))[0],
     [
         (
             f"meme: {test.texts[shown_meme]}",
@@ -907,7 +914,7 @@ report.glue_words(
 hidden_meme = int(rows_cam[main_group][0])
 strip = [n for n in cam_counts if n in aux_counts] if have_aux else []
 fig = chain.cam_rows_figure(
-    test.array(hidden_meme),
+    display_images(bundle, image_tensors(bundle, test, [hidden_meme]))[0],
     [
         (
             f"{name}\nmeme: {test.texts[hidden_meme]}",

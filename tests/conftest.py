@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -56,17 +57,18 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-@pytest.fixture(scope="session")
-def built_book(tmp_path_factory, repo) -> Path:
-    """Every study in the smoke profile, then the book: its HTML folder (built once per session).
+def run_studies_and_build_book(
+    book: Path, profile: str, **run_kwargs: Any
+) -> tuple[Path, list[Any]]:
+    """Copy the repository's book to ``book``, run every study into it, build it strictly.
 
-    A copy of ``book/`` in a temporary folder, so a test run never touches the user's build.
+    Fails on any failed study, and on any warning of ``jupyter-book build -W -n --keep-going``.
+    Returns the HTML folder and the studies' outcomes.
     """
     from clipnb import runner
 
-    book = tmp_path_factory.mktemp("site") / "book"
-    shutil.copytree(repo / "book", book, ignore=shutil.ignore_patterns("_build", "executed"))
-    outcomes = runner.run(None, "smoke", out_dir=book / "executed")
+    shutil.copytree(REPO / "book", book, ignore=shutil.ignore_patterns("_build", "executed"))
+    outcomes = runner.run(None, profile, out_dir=book / "executed", **run_kwargs)
     failed = [f"{o.study}: {o.message}" for o in outcomes if o.status != "ran"]
     assert not failed, failed
     jb = Path(sys.executable).parent / "jupyter-book"
@@ -77,4 +79,14 @@ def built_book(tmp_path_factory, repo) -> Path:
         timeout=600,
     )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-    return book / "_build" / "html"
+    return book / "_build" / "html", outcomes
+
+
+@pytest.fixture(scope="session")
+def built_book(tmp_path_factory) -> Path:
+    """Every study in the smoke profile, then the book: its HTML folder (built once per session).
+
+    A copy of ``book/`` in a temporary folder, so a test run never touches the user's build.
+    """
+    html, _ = run_studies_and_build_book(tmp_path_factory.mktemp("site") / "book", "smoke")
+    return html

@@ -8,6 +8,7 @@ encodes the label (red channel = :func:`shade`), so tests can check images and l
 from __future__ import annotations
 
 import json
+import os
 import pickle
 from pathlib import Path
 
@@ -37,8 +38,8 @@ OFFICE_CLASSES = ["Alarm_Clock", "Desk_Lamp"]
 
 
 def shade(label: int) -> int:
-    """The red value that encodes ``label`` in fixture images."""
-    return 30 + 70 * label
+    """The red value that encodes ``label`` in fixture images (distinct for labels 0-9)."""
+    return (30 + 70 * label) % 256
 
 
 def _image(label: int, k: int, size: int) -> Image.Image:
@@ -69,12 +70,14 @@ def _write_idx(path: Path, magic: int, array: np.ndarray) -> None:
     path.write_bytes(header + np.ascontiguousarray(array, dtype=np.uint8).tobytes())
 
 
-def write_mnist(root: Path, per_class: tuple[int, int] = (10, 3), size: int = 8) -> Path:
-    """``MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte`` with digits 0, 1, 2."""
+def write_mnist(
+    root: Path, per_class: tuple[int, int] = (10, 3), size: int = 8, n_classes: int = 3
+) -> Path:
+    """``MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte`` with digits 0 .. n_classes-1."""
     raw = root / "MNIST" / "raw"
     raw.mkdir(parents=True, exist_ok=True)
     for part, n in zip(("train", "t10k"), per_class, strict=True):
-        labels = np.repeat(np.arange(3), n).astype(np.uint8)
+        labels = np.repeat(np.arange(n_classes), n).astype(np.uint8)
         images = np.stack(
             [np.full((size, size), shade(int(lab)), dtype=np.uint8) for lab in labels]
         )
@@ -335,6 +338,34 @@ def write_hateful_memes(root: Path) -> Path:
     return folder
 
 
+# --- FGVC-Aircraft ---------------------------------------------------------------------------------
+
+AIRCRAFT_VARIANTS = ["707-320", "A300B4", "Cessna 172"]
+
+
+def write_fgvc_aircraft(
+    root: Path,
+    coop: bool = False,
+    with_variants: bool = True,
+    per_class: tuple[int, int, int] = (4, 2, 3),
+) -> Path:
+    """torchvision's ``fgvc-aircraft-2013b/data/{images, images_variant_*.txt, variants.txt}``
+    (or CoOp's ``fgvc_aircraft/...``), three variants."""
+    folder = root / "fgvc_aircraft" if coop else root / "fgvc-aircraft-2013b" / "data"
+    image_id = 1000
+    for split, n in zip(("train", "val", "test"), per_class, strict=True):
+        lines = []
+        for label, variant in enumerate(AIRCRAFT_VARIANTS):
+            for k in range(n):
+                save_image(folder / "images" / f"{image_id}.jpg", label, k)
+                lines.append(f"{image_id} {variant}")
+                image_id += 1
+        (folder / f"images_variant_{split}.txt").write_text("\n".join(lines) + "\n")
+    if with_variants:
+        (folder / "variants.txt").write_text("\n".join(AIRCRAFT_VARIANTS) + "\n")
+    return folder
+
+
 WRITERS = {
     "mnist": write_mnist,
     "cifar10": write_cifar10,
@@ -346,4 +377,73 @@ WRITERS = {
     "pacs": write_pacs,
     "office_home": write_office_home,
     "hateful_memes": write_hateful_memes,
+    "fgvc_aircraft": write_fgvc_aircraft,
 }
+
+
+# --- a whole data root and offline weights for the full profile ------------------------------------
+
+
+def write_full_profile_root(root: Path) -> Path:
+    """Every dataset the full profile reads, small, in the layouts of the real releases.
+
+    Flowers102 and Oxford Pets come in CoOp's layout (with ``split_zhou_*.json``), the others in
+    torchvision's, DomainBed's or the Hateful Memes release's. Sizes are the smallest that leave
+    every class at least one validation image after the 90/10 and 60/20/20 carves.
+    """
+    write_mnist(root, per_class=(5, 2), n_classes=10)  # all ten: chapters pick digits by name
+    write_cifar10(root, per_class_batch=1, per_class_test=2)
+    write_cifar100(root, per_class=(5, 2))
+    write_flowers102_coop(root)
+    write_food101(root, per_class=(5, 2))
+    write_oxford_pets_coop(root)
+    write_animals(root, per_class=5)
+    write_pacs(root, per_class=3)  # leave-one-domain-out carves 80/20: 3 leave one for val
+    write_office_home(root, per_class=3)
+    write_hateful_memes(root)
+    write_fgvc_aircraft(root, per_class=(3, 1, 2))
+    return root
+
+
+def save_random_open_clip_weights(hf_cache: Path, name: str, tag: str, seed: int = 0) -> Path:
+    """A randomly initialised open_clip model saved where ``pretrained=tag`` finds it offline.
+
+    open_clip resolves a tag through its Hugging Face repo (``hf_hub`` of the tag's config); with
+    ``HF_HUB_OFFLINE=1`` the hub client reads ``<cache>/models--<org>--<repo>/refs/main`` and the
+    snapshot it names, so that is the layout written here (fp16, like OpenAI's release).
+    """
+    import open_clip
+    import torch
+    from safetensors.torch import save_file
+
+    hub = open_clip.get_pretrained_cfg(name, tag).get("hf_hub", "")
+    if not hub:
+        raise ValueError(f"open_clip has no Hugging Face source for {name} / {tag}")
+    # "org/repo/" names the repo's default file; "org/repo/file" a file (as open_clip reads it).
+    repo_id, filename = os.path.split(hub)
+    filename = filename or "open_clip_model.safetensors"
+    repo = hf_cache / f"models--{repo_id.replace('/', '--')}"
+    revision = "0" * 40
+    (repo / "refs").mkdir(parents=True, exist_ok=True)
+    (repo / "refs" / "main").write_text(revision)
+    snapshot = repo / "snapshots" / revision
+    snapshot.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    model = open_clip.create_model(name, pretrained=None)
+    state = {k: v.half().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, snapshot / filename)
+    return snapshot / filename
+
+
+def save_random_torchvision_weights(name: str, weights_dir: Path, seed: int = 0) -> Path:
+    """Random weights of a torchvision backbone under the file name its ImageNet weights have."""
+    import torch
+    from torchvision.models import get_model
+
+    from clipnb.backbones import TORCHVISION_BACKBONES, torchvision_weights_file
+
+    path = torchvision_weights_file(name, weights_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    torch.save(get_model(TORCHVISION_BACKBONES[name].arch, weights=None).state_dict(), path)
+    return path

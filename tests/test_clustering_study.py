@@ -237,31 +237,12 @@ def test_torchvision_missing_weights_offline_is_a_clear_error(
 
 # --- FGVC-Aircraft loader --------------------------------------------------------------------------------
 
-VARIANTS = ["707-320", "A300B4", "Cessna 172"]
-
-
-def _write_aircraft(root: Path, coop: bool = False, with_variants: bool = True) -> Path:
-    folder = root / "fgvc_aircraft" if coop else root / "fgvc-aircraft-2013b" / "data"
-    counts = {"train": 4, "val": 2, "test": 3}
-    image_id = 1000
-    for split, n in counts.items():
-        lines = []
-        for label, variant in enumerate(VARIANTS):
-            for k in range(n):
-                fx.save_image(folder / "images" / f"{image_id}.jpg", label, k)
-                lines.append(f"{image_id} {variant}")
-                image_id += 1
-        (folder / f"images_variant_{split}.txt").write_text("\n".join(lines) + "\n")
-    if with_variants:
-        (folder / "variants.txt").write_text("\n".join(VARIANTS) + "\n")
-    return folder
-
 
 @pytest.mark.parametrize("coop", [False, True], ids=["torchvision", "coop"])
 def test_fgvc_aircraft_reads_both_layouts(tmp_path: Path, coop: bool) -> None:
-    _write_aircraft(tmp_path, coop=coop)
+    fx.write_fgvc_aircraft(tmp_path, coop=coop)
     ds = load_dataset("fgvc_aircraft", root=tmp_path)
-    assert ds.class_names == VARIANTS
+    assert ds.class_names == fx.AIRCRAFT_VARIANTS
     assert [len(ds.split(s)) for s in ("train", "val", "test")] == [12, 6, 9]
     np.testing.assert_array_equal(np.bincount(ds.train.labels), [4, 4, 4])
     for i in (0, 5, 11):
@@ -269,14 +250,14 @@ def test_fgvc_aircraft_reads_both_layouts(tmp_path: Path, coop: bool) -> None:
 
 
 def test_fgvc_aircraft_without_variants_file_sorts_names(tmp_path: Path) -> None:
-    _write_aircraft(tmp_path, with_variants=False)
-    assert load_dataset("fgvc_aircraft", root=tmp_path).class_names == sorted(VARIANTS)
+    fx.write_fgvc_aircraft(tmp_path, with_variants=False)
+    assert load_dataset("fgvc_aircraft", root=tmp_path).class_names == sorted(fx.AIRCRAFT_VARIANTS)
 
 
 def test_fgvc_aircraft_errors_name_the_files(tmp_path: Path) -> None:
     with pytest.raises(DatasetNotFoundError, match="fgvc-aircraft-2013b"):
         load_dataset("fgvc_aircraft", root=tmp_path)
-    folder = _write_aircraft(tmp_path)
+    folder = fx.write_fgvc_aircraft(tmp_path)
     (folder / "images_variant_val.txt").unlink()
     with pytest.raises(DatasetNotFoundError, match=r"images_variant_val\.txt"):
         load_dataset("fgvc_aircraft", root=tmp_path)

@@ -65,3 +65,16 @@ def test_ensemble_embedding_is_normalised_mean(fresh_cache):
         per = features.encode_texts(bundle, [t.format(name) for t in templates], cache=False)
         assert torch.allclose(got[i], F.normalize(per.mean(0), dim=0), atol=1e-6)
     assert len(features.ENSEMBLE_TEMPLATES) == 80
+
+
+def test_text_features_cut_to_the_longest_prompt_equal_encode_text() -> None:
+    from clipnb.features import ENSEMBLE_TEMPLATES, prompts, text_features
+    from clipnb.models import create_model
+
+    bundle = create_model("clipnb-ViT-tiny", None)
+    tokens = bundle.tokenize(prompts(["cat", "aquarium fish"], ENSEMBLE_TEMPLATES[:12]))
+    assert int(tokens.argmax(dim=-1).max()) + 1 < tokens.shape[1]  # the cut happens
+    with torch.no_grad():
+        torch.testing.assert_close(
+            text_features(bundle.model, tokens), bundle.model.encode_text(tokens)
+        )
