@@ -97,8 +97,8 @@ def budget_verdict(record: PretrainRecord, budget: float = BUDGET_MINUTES) -> st
     return (
         f"That is over the profile's {budget:.0f}-minute budget by {minutes - budget:.1f} minutes"
         f" on this machine, whose fp32 matmul peak measured {record.peak_flops / 1e9:.0f} GFLOP/s"
-        " during the run: the same steps fit the budget when the shared machine runs at its usual"
-        " speed, and `make bench` shows the rate at any time."
+        " during the run: the speed of this shared machine drifts, so the CPU time and the share"
+        " of peak below are the steadier measures, and `make bench` measures the rate at any time."
     )
 
 

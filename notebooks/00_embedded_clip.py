@@ -116,6 +116,7 @@ report.glue("text_width", bundle.model.transformer.width)
 report.glue("patch_size", bundle.model.visual.patch_size[0])
 report.glue("image_size", bundle.image_size)
 report.glue("grid_size", bundle.model.visual.grid_size[0])
+report.glue("n_tokens", bundle.model.visual.grid_size[0] * bundle.model.visual.grid_size[1])
 report.glue("pool_size_k", config.pool_size / 1e3)
 
 losses = pd.Series(record.losses)
@@ -172,7 +173,7 @@ report.glue_words(
 # measured this machine's fp32 matrix-multiply peak at {glue:text}`peak_gflops:.0f` GFLOP/s
 # (`torch.mm` on 2048 × 2048 matrices, {glue:text}`threads:.0f` threads), so training reached
 # {glue:text}`peak_percent:.0f` % of peak. Small matrices (a width of
-# {glue:text}`image_width:.0f`, 16 tokens), attention, normalisation and the optimizer's
+# {glue:text}`image_width:.0f`, {glue:text}`n_tokens:.0f` tokens), attention, normalisation and the optimizer's
 # element-wise work keep a model this small far from peak. `make bench` measures the same numbers
 # in a short run.
 
@@ -396,14 +397,13 @@ fig, ax = plt.subplots(figsize=(7.5, 3.6))
 plot_df = zs.assign(group=zs["task"] + " · " + zs["style"])
 colours = ["C2" if s in world.PRETRAIN_STYLES else "C3" for s in plot_df["style"]]
 ax.barh(plot_df["group"], plot_df["zero-shot %"], color=colours)
-ax.scatter(plot_df["chance %"], plot_df["group"], marker="|", color="black", s=200, label="chance")
+ax.scatter(plot_df["chance %"], plot_df["group"], marker="|", color="black", s=200)
 ax.invert_yaxis()
 ax.set(
     xlabel="zero-shot accuracy (%)",
     xlim=(0, 100),
     title="Zero-shot accuracy: seen styles (green) vs unseen data (red)",
 )
-ax.legend(loc="lower right")
 fig.tight_layout()
 report.glue("fig_zero_shot", fig)
 plt.close(fig)
