@@ -240,6 +240,23 @@ class Chromium:
         )
 
 
+def is_redirect(page: Path) -> bool:
+    """A stub that only forwards the reader (Jupyter Book's ``index.html`` -> the root page).
+
+    Its target is checked as a page of its own; loading the stub races with the forward.
+    """
+    return 'http-equiv="refresh"' in page.read_text(errors="replace")[:500].lower()
+
+
+def book_pages(html: Path) -> list[Path]:
+    """The built pages a reader can open: not theme fragments under ``_static``, not redirects."""
+    return sorted(
+        p
+        for p in html.rglob("*.html")
+        if "_static" not in p.relative_to(html).parts and not is_redirect(p)
+    )
+
+
 def main(argv: list[str]) -> int:
     html = Path(argv[0])
     out = Path(argv[1]) if len(argv) > 1 else html.parent / "screenshots"
@@ -248,7 +265,7 @@ def main(argv: list[str]) -> int:
         print("No chromium found: apt-get install chromium", file=sys.stderr)
         return 2
     with Chromium(exe) as browser:
-        for page in sorted(html.rglob("*.html")):
+        for page in book_pages(html):
             report = browser.open(page)
             name = page.relative_to(html).with_suffix(".png").as_posix().replace("/", "__")
             browser.screenshot(out / name, report.checks["height"])

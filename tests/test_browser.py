@@ -9,11 +9,9 @@ Check a real build the same way with ``python tests/chromium.py book/_build/html
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
-from tests.chromium import Chromium, find_chromium
+from tests.chromium import Chromium, book_pages, find_chromium, is_redirect
 
 pytestmark = pytest.mark.slow
 
@@ -32,16 +30,11 @@ def browser():
         yield chromium
 
 
-def pages(html: Path) -> list[Path]:
-    # _static holds the theme's template fragments, not pages.
-    return sorted(p for p in html.rglob("*.html") if "_static" not in p.relative_to(html).parts)
-
-
 def test_every_page_reads_offline_with_math_typeset_and_images_loaded(built_book, browser):
     shots = built_book.parent / "screenshots"
     problems: dict[str, list[str]] = {}
     typeset = 0
-    for page in pages(built_book):
+    for page in book_pages(built_book):
         name = page.relative_to(built_book).as_posix()
         report = browser.open(page)
         checks = report.checks
@@ -65,3 +58,10 @@ def test_every_page_reads_offline_with_math_typeset_and_images_loaded(built_book
     assert not problems, problems
     assert typeset >= 5, "the chapters' equations were not found: is MathJax still configured?"
     assert len(list(shots.glob("executed__*.png"))) >= 9, "one screenshot per chapter"
+
+
+def test_redirect_stubs_are_left_to_their_targets(built_book):
+    index = built_book / "index.html"
+    assert is_redirect(index), "Jupyter Book's index.html should forward to the root page"
+    assert index not in book_pages(built_book)
+    assert built_book / "intro.html" in book_pages(built_book)
