@@ -23,7 +23,7 @@ def _list() -> int:
 
 
 def _bench(profile: str, steps: int) -> int:
-    from .pretrain import PRETRAIN_CONFIGS, benchmark
+    from .pretrain import PEAK_MATRIX_SIZE, PRETRAIN_CONFIGS, benchmark
 
     config = PRETRAIN_CONFIGS[profile]
     result = benchmark(config, steps=steps)
@@ -40,7 +40,7 @@ def _bench(profile: str, steps: int) -> int:
         f"  step time         {shares}\n"
         f"  training FLOPs    {result['flops_per_image'] / 1e6:.1f} MFLOP per image (forward + backward)\n"
         f"  achieved          {result['achieved_flops'] / 1e9:.1f} GFLOP/s\n"
-        f"  fp32 matmul peak  {result['peak_flops'] / 1e9:.1f} GFLOP/s (torch.mm 2048², all threads)\n"
+        f"  fp32 matmul peak  {result['peak_flops'] / 1e9:.1f} GFLOP/s (torch.mm {PEAK_MATRIX_SIZE}², all threads)\n"
         f"  fraction of peak  {100 * result['peak_fraction']:.1f} %"
     )
     return 0

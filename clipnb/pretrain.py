@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from open_clip.loss import ClipLoss
@@ -157,6 +158,18 @@ class PretrainRecord:
         """The share of the measured matmul peak that training reached."""
         return self.achieved_flops / self.peak_flops
 
+    def time_split_table(self) -> pd.DataFrame:
+        """Seconds and share of the step time per part of the steps, for the chapter."""
+        split = pd.Series(self.time_split, dtype=float)
+        names = {
+            "batch": "waiting for the batch",
+            "forward_backward": "forward + backward",
+            "optimizer": "AdamW step",
+        }
+        return pd.DataFrame(
+            {"seconds": split, "share of step time (%)": 100 * split / split.sum()}
+        ).rename(index=names)
+
     def summary(self) -> dict[str, float]:
         """The derived numbers saved beside the raw record."""
         return {
@@ -213,7 +226,8 @@ def adamw(model: nn.Module, config: PretrainConfig) -> torch.optim.AdamW:
     )
 
 
-_POOL_SEED_OFFSET = 0  # the pool uses seed world_seed * 10_000_000 (+ image index in its stream)
+# The pool's images use seeds world_seed * 10_000_000 + i (i < pool_size); held-out pairs one far
+# above, so they never share a random stream.
 _HELDOUT_SEED_OFFSET = 9_999_999
 _CAPTION_STREAM = 0xCA
 _ORDER_STREAM = 0x0D
@@ -235,9 +249,6 @@ class ImagePool:
 
     images: np.ndarray  # [N, H, W, 3] uint8
     scenes: list[world.Scene]
-
-    def __len__(self) -> int:
-        return len(self.scenes)
 
 
 def pool_path(config: PretrainConfig) -> Path:
@@ -265,7 +276,7 @@ def load_pool(config: PretrainConfig, progress: bool = True) -> ImagePool:
 def _render_pool(config: PretrainConfig, progress: bool) -> ImagePool:
     # Rendered in chunks (each its own seed) so the bar moves; the pool is fixed by its key.
     chunk = 10_000
-    seed = config.world_seed * 10_000_000 + _POOL_SEED_OFFSET
+    seed = config.world_seed * 10_000_000
     images = np.empty((config.pool_size, config.image_size, config.image_size, 3), np.uint8)
     scenes: list[world.Scene] = []
     bar = tqdm(
@@ -463,7 +474,11 @@ def training_flops_per_image(
     return counter.get_total_flops() / config.batch_size
 
 
-def matmul_peak_flops(n: int = 2048, repeats: int = 5) -> float:
+#: Side of the square fp32 matrices whose product measures the machine's peak.
+PEAK_MATRIX_SIZE = 2048
+
+
+def matmul_peak_flops(n: int = PEAK_MATRIX_SIZE, repeats: int = 5) -> float:
     """This machine's fp32 matmul rate (FLOP/s): the best of ``repeats`` ``torch.mm`` of n x n."""
     a = torch.ones(n, n)
     b = torch.ones(n, n)

@@ -171,26 +171,15 @@ report.glue_words(
 # {glue:text}`mflops_per_image:.1f` MFLOP per image (forward and backward, counted by PyTorch's
 # `FlopCounterMode`), so the run computed {glue:text}`achieved_gflops:.1f` GFLOP/s; the same run
 # measured this machine's fp32 matrix-multiply peak at {glue:text}`peak_gflops:.0f` GFLOP/s
-# (`torch.mm` on 2048 × 2048 matrices, {glue:text}`threads:.0f` threads), so training reached
+# (`torch.mm` on {glue:text}`peak_matrix:.0f` × {glue:text}`peak_matrix:.0f` matrices,
+# {glue:text}`threads:.0f` threads), so training reached
 # {glue:text}`peak_percent:.0f` % of peak. Small matrices (a width of
 # {glue:text}`image_width:.0f`, {glue:text}`n_tokens:.0f` tokens), attention, normalisation and the optimizer's
 # element-wise work keep a model this small far from peak. `make bench` measures the same numbers
 # in a short run.
 
 # %%
-split = pd.Series(record.time_split)
-time_table = pd.DataFrame(
-    {
-        "seconds": split.round(1),
-        "share of step time (%)": (100 * split / split.sum()).round(1),
-    }
-).rename(
-    index={
-        "batch": "waiting for the batch",
-        "forward_backward": "forward + backward",
-        "optimizer": "AdamW step",
-    }
-)
+time_table = record.time_split_table().round(1)
 report.glue("pool_passes", record.images_seen / config.pool_size)
 report.glue_words("budget_verdict", pretrain.budget_verdict(record))
 report.glue("chance_loss", np.log(config.batch_size))
@@ -199,6 +188,7 @@ report.glue("achieved_gflops", record.achieved_flops / 1e9)
 report.glue("peak_gflops", record.peak_flops / 1e9)
 report.glue("peak_percent", 100 * record.peak_fraction)
 report.glue("threads", record.threads)
+report.glue("peak_matrix", pretrain.PEAK_MATRIX_SIZE)
 twin = pretrain.load_supervised_record(config)
 report.glue("twin_minutes", twin.seconds / 60)
 report.glue("twin_steps", len(twin.losses))

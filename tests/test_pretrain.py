@@ -142,6 +142,10 @@ def test_the_record_splits_step_time_and_counts_flops(fresh_cache):
     assert record.time_split["forward_backward"] > 0
     assert record.flops_per_image > 0 and record.peak_flops > 0
     assert 0 < record.peak_fraction < 1
+    table = record.time_split_table()
+    assert list(table.index) == ["waiting for the batch", "forward + backward", "AdamW step"]
+    assert table["share of step time (%)"].sum() == pytest.approx(100)
+    assert table["seconds"].tolist() == list(record.time_split.values())
 
 
 def test_flop_count_matches_the_dominant_matmuls():
