@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterator, Sequence
 
 import matplotlib
 import numpy as np
+import pytorch_grad_cam.score_cam
 import torch
 import torch.nn.functional as F
 from open_clip.modified_resnet import ModifiedResNet
@@ -33,11 +34,14 @@ from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.base_cam import BaseCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
+from .saliency import CamSetting, layer_module
+
 __all__ = [
     "ClipClassifier",
     "ClipGradCAM",
     "ViTReshapeTransform",
     "cam_mass_in_mask",
+    "clip_cams",
     "overlay",
     "reshape_transform_for",
     "target_layers_for",
@@ -82,6 +86,7 @@ class ClipClassifier(torch.nn.Module):
         model: torch.nn.Module,
         text_features: torch.Tensor | None,
         logit_fn: LogitFn | None = None,
+        scale: float = 1.0,
     ) -> None:
         super().__init__()
         if not callable(getattr(model, "encode_image", None)):
@@ -118,8 +123,11 @@ class ClipClassifier(torch.nn.Module):
             except StopIteration:
                 device = feats.device
             feats = feats.to(device)
+        if not scale > 0:
+            raise ValueError(f"scale must be positive; got {scale}.")
         self.model = model
         self.logit_fn = logit_fn
+        self.scale = float(scale)
         self.register_buffer("text_features", feats, persistent=False)
 
     @property
@@ -156,7 +164,7 @@ class ClipClassifier(torch.nn.Module):
                 f"text_features have dimension {self.text_features.shape[-1]} but the image "
                 f"embedding has {feats.shape[-1]}: encode the class prompts with the same model."
             )
-        return feats @ self.text_features.to(feats.dtype).T
+        return self.scale * (feats @ self.text_features.to(feats.dtype).T)
 
 
 # --------------------------------------------------------------------------------------------
@@ -175,14 +183,18 @@ def _visual_tower(model: torch.nn.Module) -> torch.nn.Module:
     )
 
 
-def target_layers_for(model: torch.nn.Module) -> list[torch.nn.Module]:
+def target_layers_for(model: torch.nn.Module, layer: str | None = None) -> list[torch.nn.Module]:
     """The layer(s) Grad-CAM should explain for an open_clip model.
 
-    ViT: the first LayerNorm of the last residual block (``resblocks[-1].ln_1``), whose output
-    still holds one token per patch. ModifiedResNet: the last bottleneck of ``layer4``.
+    ``layer`` names a block of :func:`clipnb.saliency.cam_layers` (``"block 3"``, ``"layer4"``;
+    ``""`` = the top one). Without it, pytorch-grad-cam's usual choice for ViTs: the first
+    LayerNorm of the last residual block (``resblocks[-1].ln_1``), whose output still holds one
+    token per patch; for ModifiedResNet the last bottleneck of ``layer4``.
     Raises ValueError for any other image tower.
     """
     visual = _visual_tower(model)
+    if layer is not None:
+        return [layer_module(model, layer)]
     if isinstance(visual, VisionTransformer):
         return [visual.transformer.resblocks[-1].ln_1]
     return [visual.layer4[-1]]
@@ -307,6 +319,7 @@ class ClipGradCAM:
         text_features: class text embeddings ``[C, D]`` (see :class:`ClipClassifier`).
         method: a pytorch-grad-cam CAM class (``GradCAM``, ``HiResCAM``, ``GradCAMPlusPlus``...).
         logit_fn: optional head on the normalised image embedding (see :class:`ClipClassifier`).
+        layer: the block to explain (see :func:`target_layers_for`).
     """
 
     def __init__(
@@ -315,6 +328,8 @@ class ClipGradCAM:
         text_features: torch.Tensor | None,
         method: type[BaseCAM] = GradCAM,
         logit_fn: LogitFn | None = None,
+        layer: str | None = None,
+        scale: float = 1.0,
     ) -> None:
         if not (isinstance(method, type) and issubclass(method, BaseCAM)):
             raise ValueError(
@@ -322,9 +337,9 @@ class ClipGradCAM:
                 f"(the class itself, not an instance); got {method!r}."
             )
         self.model = model
-        self.target_layers = target_layers_for(model)
+        self.target_layers = target_layers_for(model, layer)
         self.reshape_transform = reshape_transform_for(model)
-        self.classifier = ClipClassifier(model, text_features, logit_fn=logit_fn)
+        self.classifier = ClipClassifier(model, text_features, logit_fn=logit_fn, scale=scale)
         self.image_size = _expected_image_size(model)
         with _preserve_state(self.classifier):  # BaseCAM.__init__ switches the model to eval()
             self.cam = method(
@@ -386,7 +401,8 @@ class ClipGradCAM:
                     m.grad_checkpointing = False
             self.classifier.eval()
             try:
-                maps = self.cam(input_tensor=inputs, targets=targets)
+                with _quiet_score_cam():
+                    maps = self.cam(input_tensor=inputs, targets=targets)
             except IndexError as err:  # a logit_fn with fewer classes than requested
                 outputs = getattr(self.cam, "outputs", None)
                 if outputs is not None and max(class_list) >= outputs.shape[-1]:
@@ -417,6 +433,55 @@ class ClipGradCAM:
     def __del__(self) -> None:
         with contextlib.suppress(Exception):
             self.close()
+
+
+@contextlib.contextmanager
+def _quiet_score_cam() -> Iterator[None]:
+    """pytorch-grad-cam's ScoreCAM draws a tqdm bar per image; the caller's bar is enough."""
+    module = pytorch_grad_cam.score_cam
+    saved = module.tqdm
+
+    class _Silent:
+        @staticmethod
+        def tqdm(iterable, *args, **kwargs):
+            return iterable
+
+    module.tqdm = _Silent
+    try:
+        yield
+    finally:
+        module.tqdm = saved
+
+
+def clip_cams(
+    model: torch.nn.Module,
+    class_features: torch.Tensor | None,
+    setting: CamSetting,
+    pixels: torch.Tensor,
+    classes: Sequence[int],
+    logit_fn: LogitFn | None = None,
+    batch_size: int = 64,
+) -> np.ndarray:
+    """Maps ``[N, H, W]`` of ``setting`` (method and layer) for ``classes[i]`` on ``pixels[i]``:
+    the one way every chapter computes its CAMs. Without a ``logit_fn`` the maps explain the
+    zero-shot logits (cosines times the model's logit scale)."""
+    classes = [int(c) for c in classes]
+    scale = getattr(model, "logit_scale", None)
+    scale = float(scale.detach().exp()) if isinstance(scale, torch.Tensor) else 1.0
+    out = []
+    with ClipGradCAM(
+        model,
+        class_features,
+        setting.cam_class,
+        logit_fn=logit_fn,
+        layer=setting.layer,
+        scale=scale,
+    ) as cam:
+        if isinstance(cam.cam, pytorch_grad_cam.ScoreCAM):  # all channels in one forward pass
+            cam.cam.batch_size = 256
+        for i in range(0, len(pixels), batch_size):
+            out.append(cam(pixels[i : i + batch_size], classes[i : i + batch_size]))
+    return np.concatenate(out)
 
 
 # --------------------------------------------------------------------------------------------
