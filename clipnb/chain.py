@@ -38,6 +38,7 @@ from .evaluation import select_on_validation
 from .features import encode_images, image_tensors, text_features
 from .finetune import IMAGE_PARTS, TEXT_PARTS, set_trainable
 from .models import ClipBundle
+from .saliency import CamSetting
 
 #: The source's prompts with the caption inside (index = class: 0 not hateful, 1 hateful).
 CAPTION_TEMPLATES: tuple[str, str] = (
@@ -156,9 +157,10 @@ class MemeClassifier:
         logits = scale * torch.einsum("nd,ncd->nc", img, text)
         return (logits[:, 1] - logits[:, 0]).numpy()
 
-    def cams(self, split: ImageSet, rows: Sequence[int]) -> np.ndarray:
-        """Grad-CAM maps ``[len(rows), H, W]`` for class "hateful", with each meme's own prompts."""
-        from .gradcam import ClipGradCAM
+    def cams(self, split: ImageSet, rows: Sequence[int], setting: CamSetting) -> np.ndarray:
+        """CAMs ``[len(rows), H, W]`` (``setting``'s method and layer) for class "hateful", with
+        each meme's own prompts."""
+        from .gradcam import clip_cams
 
         rows = [int(r) for r in rows]
         sub = split.subset(rows)
@@ -168,8 +170,9 @@ class MemeClassifier:
         keys = [tuple(t.tolist()) for t in text.flatten(1)]  # group memes with the same prompts
         for key in dict.fromkeys(keys):
             members = [i for i, k in enumerate(keys) if k == key]
-            with ClipGradCAM(self.bundle.model, text[members[0]]) as cam:
-                out[members] = cam(pixels[members], classes=1)
+            out[members] = clip_cams(
+                self.bundle.model, text[members[0]], setting, pixels[members], [1] * len(members)
+            )
         return out
 
 
@@ -482,7 +485,7 @@ def cam_rows(split: ImageSet, n: int) -> dict[str, np.ndarray]:
 
 
 def measure(
-    clf: MemeClassifier, test: ImageSet, rows: dict[str, np.ndarray]
+    clf: MemeClassifier, test: ImageSet, rows: dict[str, np.ndarray], setting: CamSetting
 ) -> tuple[list[dict], list[dict], dict[str, np.ndarray]]:
     """A final model's test numbers: metrics per group, mean CAM masses per group, first CAM maps.
 
@@ -493,7 +496,7 @@ def measure(
     for group, idx in rows.items():
         if len(idx) == 0:
             continue
-        cams = clf.cams(test, idx)
+        cams = clf.cams(test, idx, setting)
         maps[group] = cams[0]
         if test.masks is not None:
             masses.append({"group": group, **cam_masses(cams, test.masks[idx]).mean().to_dict()})

@@ -32,6 +32,7 @@ from .evaluation import PROBE_CS, accuracy, fit_linear_probe, select_on_validati
 from .features import SINGLE_TEMPLATE, SplitFeatures, class_embeddings, encode_dataset
 from .heads import LinearHead, train_head
 from .models import ClipBundle
+from .saliency import CamSetting
 from .utils import seed_everything
 
 __all__ = [
@@ -42,7 +43,6 @@ __all__ = [
     "Fitted",
     "cam_grid_figure",
     "cams_over_shots",
-    "display_images",
     "few_shot_problem",
     "head_method",
     "linear_probe_method",
@@ -362,18 +362,6 @@ def tip_adapter_f_method(
 # ----------------------------------------------------------------------------- Grad-CAM
 
 
-def display_images(bundle: ClipBundle, pixels: Tensor) -> np.ndarray:
-    """Preprocessed pixels ``[B, 3, H, W]`` back to uint8 RGB ``[B, H, W, 3]`` (undo Normalize).
-
-    What the model saw (after resize and crop), so a CAM of the same size overlays it exactly.
-    """
-    norm = [t for t in getattr(bundle.preprocess, "transforms", []) if hasattr(t, "mean")]
-    mean = torch.tensor(norm[-1].mean if norm else (0.0, 0.0, 0.0)).view(1, 3, 1, 1)
-    std = torch.tensor(norm[-1].std if norm else (1.0, 1.0, 1.0)).view(1, 3, 1, 1)
-    images = (pixels.detach().cpu().float() * std + mean).clamp(0, 1)
-    return (images.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
-
-
 def cams_over_shots(
     bundle: ClipBundle,
     task: FeatureTask,
@@ -382,22 +370,24 @@ def cams_over_shots(
     seed: int,
     pixels: Tensor,
     classes: Sequence[int],
+    setting: CamSetting,
 ) -> dict[int, np.ndarray]:
-    """Grad-CAM maps ``{shots: [B, H, W]}`` with ``method``'s logits as the target score.
+    """CAMs ``{shots: [B, H, W]}`` (``setting``'s method and layer) of ``method``'s logits.
 
     At each shot count the method is fitted on the k-shot draw of ``seed`` (choices on val, as in
     :func:`run_few_shot`) and its predictor, which must be differentiable in the normalised image
     embedding (zero-shot, heads, Tip-Adapter), becomes :class:`clipnb.gradcam.ClipGradCAM`'s
     ``logit_fn``; the map is for ``classes[b]`` on image ``b``.
     """
-    from .gradcam import ClipGradCAM
+    from .gradcam import clip_cams
 
     maps: dict[int, np.ndarray] = {}
     for k in shots:
         seed_everything(int(seed))
         fitted = method(few_shot_problem(task, int(k), int(seed)))
-        with ClipGradCAM(bundle.model, None, logit_fn=fitted.predict) as cam:
-            maps[int(k)] = cam(pixels, list(classes))
+        maps[int(k)] = clip_cams(
+            bundle.model, None, setting, pixels, list(classes), logit_fn=fitted.predict
+        )
     return maps
 
 
@@ -412,7 +402,7 @@ def cam_grid_figure(
 ):
     """One row per image: the image, then its CAM overlay for every entry of ``maps``.
 
-    ``images`` is uint8 ``[B, H, W, 3]`` (e.g. :func:`display_images`), each map ``[B, H, W]``;
+    ``images`` is uint8 ``[B, H, W, 3]`` (e.g. :func:`clipnb.report.display_images`), each map ``[B, H, W]``;
     column titles come from the keys of ``maps``, row titles from ``row_labels``.
     """
     from .gradcam import overlay

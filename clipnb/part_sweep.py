@@ -25,13 +25,15 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from . import report
 from .data import DATASETS, DIGIT_WORDS, DatasetSplits, ImageSet, few_shot, load_dataset
 from .evaluation import accuracy, select_on_validation
 from .feature_decoding import mask_geometry
 from .features import encode_images, encode_texts, image_tensors, text_features
 from .finetune import IMAGE_PARTS, TEXT_PARTS, finetune, image_pre_projection
-from .gradcam import ClipGradCAM, cam_mass_in_mask
+from .gradcam import cam_mass_in_mask, clip_cams
 from .models import ClipBundle
+from .saliency import CamSetting
 from .utils import seed_everything
 
 #: Cache tag of the pooled image features before the projection.
@@ -291,22 +293,6 @@ def cam_spread(cams: np.ndarray) -> np.ndarray:
     return out
 
 
-def compute_cams(
-    model: nn.Module,
-    class_features: torch.Tensor,
-    pixels: torch.Tensor,
-    classes: Sequence[int],
-    batch_size: int = 64,
-) -> np.ndarray:
-    """Grad-CAM maps ``[N, H, W]`` of ``model`` for ``classes[i]`` on ``pixels[i]``."""
-    classes = [int(c) for c in classes]
-    out = []
-    with ClipGradCAM(model, class_features.detach()) as cam:
-        for i in range(0, len(pixels), batch_size):
-            out.append(cam(pixels[i : i + batch_size], classes[i : i + batch_size]))
-    return np.concatenate(out)
-
-
 @dataclass
 class CamProbe:
     """Grad-CAM measurements on fixed test images, taken on every model of a sweep.
@@ -321,6 +307,7 @@ class CamProbe:
     scorer: SplitScorer
     mass_indices: np.ndarray
     figure_indices: np.ndarray
+    setting: CamSetting
     wrong_target: tuple[int, int] | None = None
     keep_seed: int = 0
     masks: np.ndarray | None = field(init=False, default=None)
@@ -347,7 +334,8 @@ class CamProbe:
 
     def _cams(self, model: nn.Module, part: str | None, rows: np.ndarray, classes) -> np.ndarray:
         feats = self.scorer.class_features(model, part)
-        return compute_cams(model, feats, self.scorer.pixels[torch.as_tensor(rows)], classes)
+        pixels = self.scorer.pixels[torch.as_tensor(rows)]
+        return clip_cams(model, feats.detach(), self.setting, pixels, classes)
 
     def __call__(
         self, model: nn.Module, part: str | None, shots: int, seed: int
@@ -373,6 +361,16 @@ class CamProbe:
         out["cam_seconds"] = time.perf_counter() - start
         return out
 
+    def figure_mass(self) -> tuple[float, float]:
+        """Mean mass in mask (%) of every kept figure map, and the figure masks' area (%)."""
+        masks, _ = object_masks(
+            self.scorer.split, self.figure_indices, self.scorer.bundle.preprocess
+        )
+        if masks is None or not self.maps:
+            return float("nan"), float("nan")
+        mass = [np.nanmean(cam_mass_in_mask(m, masks)) for m in self.maps.values()]
+        return 100 * float(np.mean(mass)), 100 * float(masks.mean())
+
     def wrong_target_summary(self, key: tuple[str, int]) -> dict[str, float]:
         """Mean mass in mask and spread of the kept true- and forced-target maps of ``key``."""
         out = {}
@@ -392,15 +390,6 @@ def first_of_classes(labels: np.ndarray, classes: Sequence[int]) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 # Figures
 # --------------------------------------------------------------------------------------------
-
-
-def display_images(bundle: ClipBundle, pixels: torch.Tensor) -> np.ndarray:
-    """Preprocessed pixels ``[N, 3, H, W]`` back to uint8 RGB ``[N, H, W, 3]`` (what the CAM sees)."""
-    norm = bundle.preprocess.transforms[-1]
-    mean = torch.tensor(norm.mean).view(1, 3, 1, 1)
-    std = torch.tensor(norm.std).view(1, 3, 1, 1)
-    x = (pixels * std + mean).clamp(0, 1).mul(255).round().byte()
-    return x.permute(0, 2, 3, 1).numpy()
 
 
 def plot_vs_shots(
@@ -440,7 +429,7 @@ def cam_grid_figure(
     from .gradcam import overlay
 
     rows = probe.scorer.pixels[torch.as_tensor(probe.figure_indices)]
-    images = display_images(bundle, rows)
+    images = report.display_images(bundle, rows)
     labels = probe.scorer.split.labels[probe.figure_indices]
     n_img, n_cols = len(images), 2 + len(shots)
     fig, axes = plt.subplots(
@@ -487,7 +476,9 @@ def wrong_target_figure(
         raise ValueError("this CamProbe has no wrong_target")
     true_name, forced_name = (class_names[c] for c in probe.wrong_target)
     n = min(n_images, len(probe.wrong_indices))
-    images = display_images(bundle, probe.scorer.pixels[torch.as_tensor(probe.wrong_indices[:n])])
+    images = report.display_images(
+        bundle, probe.scorer.pixels[torch.as_tensor(probe.wrong_indices[:n])]
+    )
     fig, axes = plt.subplots(
         n, 1 + 2 * len(keys), figsize=((1 + 2 * len(keys)) * size, n * size + 0.6), squeeze=False
     )
@@ -516,8 +507,6 @@ __all__ = [
     "SplitScorer",
     "cam_grid_figure",
     "cam_spread",
-    "compute_cams",
-    "display_images",
     "first_of_classes",
     "frozen_features",
     "ink_masks",

@@ -15,6 +15,7 @@ import matplotlib
 import matplotlib.figure
 import numpy as np
 import pandas as pd
+import torch
 
 from .evaluation import mean_std
 
@@ -76,6 +77,12 @@ def glue_words(name: str, text: str) -> None:
     from myst_nb import glue as _glue
 
     _glue(name, Markdown(text), display=False)
+
+
+def glue_all(verdicts: dict[str, str]) -> None:
+    """Glue every sentence of a study's ``verdicts`` (computed and tested in its module)."""
+    for name, text in verdicts.items():
+        glue_words(name, text)
 
 
 def join_words(items: Sequence[str], empty: str = "none") -> str:
@@ -162,6 +169,18 @@ def image_grid(
             ax.set_title("\n".join(textwrap.wrap(titles[i], 22)), fontsize=title_size)
     fig.tight_layout()
     return fig
+
+
+def display_images(bundle: Any, pixels: torch.Tensor) -> np.ndarray:
+    """Preprocessed pixels ``[B, 3, H, W]`` back to uint8 RGB ``[B, H, W, 3]`` (undo Normalize).
+
+    What the model saw (after resize and crop), so a CAM of the same size overlays it exactly.
+    """
+    norm = [t for t in getattr(bundle.preprocess, "transforms", []) if hasattr(t, "mean")]
+    mean = torch.tensor(norm[-1].mean if norm else (0.0, 0.0, 0.0)).view(1, 3, 1, 1)
+    std = torch.tensor(norm[-1].std if norm else (1.0, 1.0, 1.0)).view(1, 3, 1, 1)
+    images = (pixels.detach().cpu().float() * std + mean).clamp(0, 1)
+    return (images.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
 
 
 # --- tables --------------------------------------------------------------------------------------

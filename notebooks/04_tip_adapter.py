@@ -52,7 +52,7 @@ import pandas as pd
 import torch
 
 import clipnb
-from clipnb import fewshot, profiles, report
+from clipnb import fewshot, part_sweep, profiles, report, saliency
 from clipnb.adapters import TipAdapter, TipAdapterF, search_alpha_beta
 from clipnb.features import image_tensors
 from clipnb.gradcam import cam_mass_in_mask
@@ -61,6 +61,10 @@ started = time.perf_counter()
 clipnb.seed_everything(seeds[0])
 report.set_style()
 bundle = profiles.load_model(profile)
+cam_validation = saliency.validated_setting(bundle, profile)
+cam_setting = cam_validation.setting
+report.glue_words("cam_setting", cam_setting.label())
+report.glue_words("cam_reading", saliency.reading(cam_validation))
 report.glue("logit_scale", bundle.logit_scale)
 report.glue("n_seeds", len(seeds))
 report.glue("table_shots", table_shots)
@@ -481,11 +485,12 @@ report.glue_words("grid_paper_verdict", words)
 # ## Where Tip-Adapter looks, from 1 to 16 shots
 #
 # The source's Figure 15 shows Grad-CAM maps of Tip-Adapter with 1 to 16 examples per class. We
-# use the Grad-CAM wrapper of the finetuning chapter (`clipnb.gradcam.ClipGradCAM`) with
-# Tip-Adapter's logits as the target score: the image tower runs as usual, and the head on the
+# use the CAM setting the embedded CLIP chapter chose on validation masks
+# ({glue:md}`cam_setting`, through `clipnb.gradcam.clip_cams`) with Tip-Adapter's logits as the
+# target score: the image tower runs as usual, and the head on the
 # normalised embedding is the function above with the cache of seed 0 at each shot count
 # ($\alpha, \beta$ chosen on validation). The target is each image's true class; the first map
-# column is zero-shot CLIP for comparison.
+# column is zero-shot CLIP for comparison. {glue:md}`cam_reading`
 
 # %%
 cam_task = tasks[cam_dataset]
@@ -495,24 +500,32 @@ pixels = image_tensors(bundle, cam_data.test, np.asarray(cam_rows))
 classes = cam_data.test.labels[cam_rows].tolist()
 maps = {
     "zero-shot": fewshot.cams_over_shots(
-        bundle, cam_task, methods["zero-shot"], [1], seeds[0], pixels, classes
+        bundle, cam_task, methods["zero-shot"], [1], seeds[0], pixels, classes, cam_setting
     )[1]
 }
 tip_maps = fewshot.cams_over_shots(
-    bundle, cam_task, methods["Tip-Adapter"], shots, seeds[0], pixels, classes
+    bundle, cam_task, methods["Tip-Adapter"], shots, seeds[0], pixels, classes, cam_setting
 )
 maps |= {f"Tip-Adapter, {k} shot{'s' * (k > 1)}": m for k, m in tip_maps.items()}
-shown = fewshot.display_images(bundle, pixels)
+shown = report.display_images(bundle, pixels)
 fig = fewshot.cam_grid_figure(shown, maps, [cam_data.class_names[c] for c in classes])
 report.glue("fig_tip_cam", fig)
 plt.close(fig)
+ink, _ = part_sweep.object_masks(cam_data.test, cam_rows, bundle.preprocess)
+shown_mass = (
+    [np.nanmean(cam_mass_in_mask(m, ink)) for m in maps.values()] if ink is not None else []
+)
+report.glue("fig_tip_cam_mass", 100 * np.mean(shown_mass) if shown_mass else np.nan)
+report.glue("fig_tip_cam_area", 100 * ink.mean() if ink is not None else np.nan)
 
 # %% [markdown]
 # ```{glue:figure} fig_tip_cam
 # :name: fig-tip-cam
 #
-# Grad-CAM of the true class's score for test images of the digits (rows): zero-shot CLIP, then
-# Tip-Adapter with a cache of 1 to 16 examples per class (seed 0). Red is high.
+# CAMs ({glue:md}`cam_setting`) of the true class's score for test images of the digits (rows):
+# zero-shot CLIP, then Tip-Adapter with a cache of 1 to 16 examples per class (seed 0). Red is
+# high. The maps shown put {glue:text}`fig_tip_cam_mass:.1f` % of their mass on the ink, which
+# covers {glue:text}`fig_tip_cam_area:.1f` % of these images (what a uniform map scores).
 # ```
 #
 # A picture is not a measurement. The world's images come with exact object masks, so on a world
@@ -528,13 +541,10 @@ if mask_dataset:
     mask_pixels = image_tensors(bundle, mask_data.test, rows)
     mask_classes = mask_data.test.labels[rows].tolist()
     masks = mask_data.test.masks[rows] > 0
+    cam_args = (seeds[0], mask_pixels, mask_classes, cam_setting)
     mass = {
-        0: fewshot.cams_over_shots(
-            bundle, mask_task, methods["zero-shot"], [1], seeds[0], mask_pixels, mask_classes
-        )[1]
-    } | fewshot.cams_over_shots(
-        bundle, mask_task, methods["Tip-Adapter"], shots, seeds[0], mask_pixels, mask_classes
-    )
+        0: fewshot.cams_over_shots(bundle, mask_task, methods["zero-shot"], [1], *cam_args)[1]
+    } | fewshot.cams_over_shots(bundle, mask_task, methods["Tip-Adapter"], shots, *cam_args)
     mass_table = pd.DataFrame(
         {
             "shots (0 = zero-shot)": list(mass),

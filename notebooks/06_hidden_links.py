@@ -53,16 +53,18 @@ import pandas as pd
 import torch
 
 import clipnb
-from clipnb import chain, memes, report
+from clipnb import chain, memes, report, saliency
 from clipnb.evaluation import fit_linear_probe, select_on_validation
 from clipnb.features import encode_images, encode_texts, image_tensors
-from clipnb.fewshot import display_images
 from clipnb.profiles import load_model
 
 start, start_cpu = time.perf_counter(), time.process_time()
 report.set_style()
 clipnb.seed_everything(seeds[0])
 bundle = load_model(profile)
+cam_validation = saliency.validated_setting(bundle, profile)
+report.glue_words("cam_setting", cam_validation.setting.label())
+report.glue_words("cam_reading", saliency.reading(cam_validation))
 if dataset == "memes":
     data = clipnb.load_dataset(dataset, n_train=n_train, n_val=n_val, n_test=n_test)
 else:
@@ -290,7 +292,7 @@ records, masses, example_maps = [], [], {}
 
 
 def record(experiment: str, stage: str, n_aux: int, seed: int, clf: chain.MemeClassifier) -> None:
-    metrics, cam, maps = chain.measure(clf, test, rows_cam)
+    metrics, cam, maps = chain.measure(clf, test, rows_cam, cam_validation.setting)
     keys = {"experiment": experiment, "stage": stage, "n": n_aux, "seed": seed}
     records.extend(keys | r for r in metrics)
     masses.extend(keys | r for r in cam)
@@ -700,8 +702,9 @@ plt.close(fig)
 #
 # ## Where the attention goes
 #
-# Grad-CAM explains the "hateful" logit of a meme (the target layer is the last block's first
-# LayerNorm; the text features are the meme's two class prompts). The share of the map's mass
+# A class activation map explains the "hateful" logit of a meme ({glue:md}`cam_setting`, chosen
+# on validation masks in the embedded CLIP chapter; the text features are the meme's two class
+# prompts). {glue:md}`cam_reading` The share of the map's mass
 # that falls on the emblem and on the caption's text region, averaged over up to
 # {glue:text}`cam_memes_used:.0f` hateful test memes per group, is compared with each region's
 # share of the image (what a uniform map would give). First the source's Figures 6–7: the image
@@ -789,7 +792,7 @@ report.mean_std_table(cam_table, index="stage", columns="column", value="value")
 # %%
 shown_meme = int(rows_cam[cam_group][0])
 fig = chain.cam_rows_figure(
-    display_images(bundle, image_tensors(bundle, test, [shown_meme]))[0],
+    report.display_images(bundle, image_tensors(bundle, test, [shown_meme]))[0],
     [
         (
             f"meme: {test.texts[shown_meme]}",
@@ -811,8 +814,11 @@ plt.close(fig)
 # ```{glue:figure} fig_cam_encoders
 # :name: fig-cam-encoders
 #
-# Grad-CAM of the "hateful" logit on one hateful shown-link test meme (first seed): zero-shot, the
-# image encoder finetuned, the text encoder finetuned (the source's Figures 6 and 7).
+# CAMs ({glue:md}`cam_setting`) of the "hateful" logit on one hateful shown-link test meme (first
+# seed): zero-shot, the image encoder finetuned, the text encoder finetuned (the source's Figures 6
+# and 7). Over {glue:text}`cam_memes_used:.0f` such memes the zero-shot maps put
+# {glue:text}`cam_zs_emblem:.1f` % of their mass on the emblem, which covers
+# {glue:text}`area_emblem:.1f` % of the image (what a uniform map scores).
 # ```
 #
 # Columns of the table: group · region, CAM mass in % (mean ± std over seeds). On shown-link
@@ -854,6 +860,7 @@ for key, experiment in (("align", "2"), ("chain", "3")):
 spread = over_n_mass.groupby(["experiment", "n"])[["emblem mass", "text mass"]].std()
 cam_spread = spread.mean().mean()
 report.glue("cam_spread", cam_spread)
+report.glue("area_emblem_hidden", 100 * chain.mean_where(over_n_mass, "emblem area"))
 curves = over_n_mass.groupby(["experiment", "n"])[["emblem mass", "text mass"]].mean()
 changes, rising = {}, {}
 for experiment in ("2", "3"):
@@ -906,15 +913,16 @@ report.glue_words(
 # ```{glue:figure} fig_cam_over_n
 # :name: fig-cam-over-n
 #
-# Share of the "hateful" Grad-CAM mass on the emblem and on the caption of hidden-link hateful
-# test memes, against the number of auxiliary images per emblem (mean over seeds).
+# Share of the "hateful" CAM mass ({glue:md}`cam_setting`) on the emblem and on the caption of
+# hidden-link hateful test memes, against the number of auxiliary images per emblem (mean over
+# seeds). A uniform map puts {glue:text}`area_emblem_hidden:.1f` % on the emblem.
 # ```
 
 # %%
 hidden_meme = int(rows_cam[main_group][0])
 strip = [n for n in cam_counts if n in aux_counts] if have_aux else []
 fig = chain.cam_rows_figure(
-    display_images(bundle, image_tensors(bundle, test, [hidden_meme]))[0],
+    report.display_images(bundle, image_tensors(bundle, test, [hidden_meme]))[0],
     [
         (
             f"{name}\nmeme: {test.texts[hidden_meme]}",
@@ -933,9 +941,12 @@ plt.close(fig)
 # ```{glue:figure} fig_cam_strip
 # :name: fig-cam-strip
 #
-# Grad-CAM of the "hateful" logit on one hidden-link hateful test meme (first seed), as the
-# number of auxiliary images per emblem grows: alignment alone (top; the source's Figure 10) and
-# with the self-learning step (bottom; the source's Figure 12).
+# CAMs ({glue:md}`cam_setting`) of the "hateful" logit on one hidden-link hateful test meme (first
+# seed), as the number of auxiliary images per emblem grows: alignment alone (top; the source's
+# Figure 10) and with the self-learning step (bottom; the source's Figure 12). Over all such memes
+# and seeds the alignment's maps at the most auxiliary images put
+# {glue:text}`cam_align_max_emblem:.1f` % of their mass on the emblem (a uniform map:
+# {glue:text}`area_emblem_hidden:.1f` %).
 # ```
 #
 # On hidden-link hateful memes, the emblem's share of the map goes from

@@ -10,6 +10,7 @@ import clipnb
 from clipnb import finetune as ft
 from clipnb import part_sweep as ps
 from clipnb.gradcam import ClipGradCAM, cam_mass_in_mask
+from clipnb.saliency import CamSetting
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +141,9 @@ def test_cam_probe_on_world_masks(smoke_bundle):
     data = clipnb.load_dataset("world-shape-photo", per_class=(2, 2, 3))
     prompts = ft.prompt_texts(data.class_names)
     scorer = ps.SplitScorer(smoke_bundle, data.test, prompts)
-    probe = ps.CamProbe(scorer, np.arange(6), ps.first_of_classes(data.test.labels, [0, 4]))
+    probe = ps.CamProbe(
+        scorer, np.arange(6), ps.first_of_classes(data.test.labels, [0, 4]), CamSetting()
+    )
     assert probe.mask_kind == "object mask"
     assert probe.mask_area == pytest.approx(float(data.test.masks[:6].mean()))
     out = probe(smoke_bundle.model, None, 0, 0)

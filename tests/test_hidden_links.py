@@ -10,6 +10,7 @@ from PIL import Image
 
 import clipnb
 from clipnb import chain, memes, world
+from clipnb.saliency import CamSetting
 
 LINKS = memes.DEFAULT_LINKS
 
@@ -193,7 +194,7 @@ def test_image_encoder_training_with_shared_prompts(tiny, data):
     records = chain.grouped_metrics(result.classifier, data.test)
     assert [r["group"] for r in records] == ["all", "shown", "hidden"]
     rows = np.flatnonzero(data.test.labels == 1)[:3]
-    cams = result.classifier.cams(data.test, rows)
+    cams = result.classifier.cams(data.test, rows, CamSetting("HiResCAM", "block 1"))
     masses = chain.cam_masses(cams, data.test.masks[rows])
     assert cams.shape == (3, 32, 32)
     assert ((masses["emblem mass"] + masses["text mass"]) <= 1 + 1e-9).all()

@@ -15,6 +15,7 @@ import clipnb
 from clipnb import fewshot, report
 from clipnb.adapters import TipAdapter
 from clipnb.features import SplitFeatures, image_tensors
+from clipnb.saliency import CamSetting
 
 LOGIT_SCALE = 50.0
 
@@ -196,6 +197,9 @@ def test_zero_shot_head_without_training_is_zero_shot() -> None:
     assert probe.predict(task.test.x).shape == (len(task.test), 4)
 
 
+GRADCAM = CamSetting("GradCAM", "")
+
+
 def test_tip_adapter_cams_over_shots() -> None:
     """Grad-CAM with Tip-Adapter's logits as the target; alpha = 0 reproduces zero-shot's map."""
     bundle = clipnb.create_model("clipnb-ViT-tiny")
@@ -206,17 +210,26 @@ def test_tip_adapter_cams_over_shots() -> None:
     pixels = image_tensors(bundle, data.test, rows)
     classes = [0, 1, 3]  # classes of the toy task (the images are only inputs to the tower)
     tip = fewshot.cams_over_shots(
-        bundle, task, fewshot.tip_adapter_method((1.0,), (5.0,)), [1, 4], 0, pixels, classes
+        bundle,
+        task,
+        fewshot.tip_adapter_method((1.0,), (5.0,)),
+        [1, 4],
+        0,
+        pixels,
+        classes,
+        GRADCAM,
     )
     assert sorted(tip) == [1, 4]
     assert tip[1].shape == (3, bundle.image_size, bundle.image_size)
     assert np.isfinite(tip[4]).all() and tip[4].min() >= 0 and tip[4].max() <= 1
-    zs = fewshot.cams_over_shots(bundle, task, fewshot.zero_shot_method(), [1], 0, pixels, classes)
+    zs = fewshot.cams_over_shots(
+        bundle, task, fewshot.zero_shot_method(), [1], 0, pixels, classes, GRADCAM
+    )
     off = fewshot.cams_over_shots(
-        bundle, task, fewshot.tip_adapter_method((0.0,), (5.0,)), [1], 0, pixels, classes
+        bundle, task, fewshot.tip_adapter_method((0.0,), (5.0,)), [1], 0, pixels, classes, GRADCAM
     )
     np.testing.assert_allclose(off[1], zs[1], atol=1e-5)
-    shown = fewshot.display_images(bundle, pixels)
+    shown = report.display_images(bundle, pixels)
     assert shown.shape == (3, bundle.image_size, bundle.image_size, 3) and shown.dtype == np.uint8
     np.testing.assert_allclose(shown.astype(int), data.test.images[rows].astype(int), atol=2)
     fig = fewshot.cam_grid_figure(shown, {"zero-shot": zs[1], "1 shot": tip[1]}, ["a", "b", "c"])
