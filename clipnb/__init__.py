@@ -6,31 +6,37 @@ CLIP), datasets with fixed splits, a feature cache, the adaptation methods and t
 
 from __future__ import annotations
 
-from .offline import block_network, offline_requested
+from clipnb.core.offline import block_network, offline_requested
 
 if offline_requested():
     block_network()
 
-from . import datasets_full  # noqa: F401  (registers the full profile's datasets)
-from .data import (
-    DatasetNotFoundError,
-    DatasetSplits,
-    ImageSet,
-    few_shot,
-    few_shot_indices,
-    list_datasets,
-    load_dataset,
+from clipnb.core.evaluation import (
+    accuracy,
+    fit_linear_probe,
+    select_on_validation,
+    zero_shot_logits,
 )
-from .evaluation import accuracy, fit_linear_probe, select_on_validation, zero_shot_logits
-from .features import (
+from clipnb.core.features import (
     ENSEMBLE_TEMPLATES,
     SINGLE_TEMPLATE,
     class_embeddings,
     encode_images,
     encode_texts,
 )
-from .models import ClipBundle, UnknownModelError, create_model, list_models
-from .utils import seed_everything
+from clipnb.core.imagesets import (
+    DatasetNotFoundError,
+    DatasetSplits,
+    ImageSet,
+    few_shot,
+    few_shot_indices,
+)
+from clipnb.core.models import ClipBundle, UnknownModelError, create_model, list_models
+from clipnb.core.utils import seed_everything
+from clipnb.data.registry import list_datasets, load_dataset, register_all
+from clipnb.methods.backbones import load_model
+
+register_all()  # every dataset, in one explicit call
 
 __version__ = "0.1.0"
 
@@ -53,9 +59,8 @@ __all__ = [
     "list_datasets",
     "list_models",
     "load_dataset",
+    "load_model",
     "seed_everything",
     "select_on_validation",
     "zero_shot_logits",
 ]
-
-from . import memes  # noqa: F401

@@ -6,8 +6,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from . import runner
-from .studies import DEFAULT_PROFILE, PROFILES, STUDIES
+from clipnb import runner
+from clipnb.core.profiles import DEFAULT_PROFILE, PROFILES
+from clipnb.registry import STUDIES
 
 
 def _list() -> int:
@@ -23,7 +24,7 @@ def _list() -> int:
 
 
 def _bench(profile: str, steps: int) -> int:
-    from .pretrain import PEAK_MATRIX_SIZE, PRETRAIN_CONFIGS, benchmark
+    from clipnb.methods.pretrain import PEAK_MATRIX_SIZE, PRETRAIN_CONFIGS, benchmark
 
     config = PRETRAIN_CONFIGS[profile]
     result = benchmark(config, steps=steps)

@@ -1,7 +1,7 @@
 """Execute study notebooks with papermill, incrementally, into the book's build tree.
 
-A study re-runs only when its notebook, its parameters or the clipnb sources changed: a content
-hash is stored beside its executed notebook. Outputs are written atomically; a failed study keeps
+A study re-runs only when its notebook, its parameters or the clipnb sources it imports
+(transitively) changed: a content hash is stored beside its executed notebook. Outputs are written atomically; a failed study keeps
 its executed notebook (error visible) and leaves every other study's output alone.
 """
 
@@ -24,8 +24,14 @@ from typing import Any
 
 import nbformat
 
-from .studies import STUDIES, Study, get_study, repo_root
-from .utils import PACKAGE_DIR, atomic_write_json, atomic_write_text, stable_hash, tree_hash
+from clipnb.core.utils import (
+    PACKAGE_DIR,
+    atomic_write_json,
+    atomic_write_text,
+    stable_hash,
+    tree_hash,
+)
+from clipnb.registry import STUDIES, Study, get_study, repo_root
 
 KERNEL_NAME = "clipnb"
 GLUE_PREFIX = "application/papermill.record/"
@@ -134,25 +140,66 @@ def parse_assignment(text: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
-#: Files that only orchestrate runs: editing them changes no result, so it re-runs no study.
+#: Modules that only orchestrate runs: editing them changes no result, so it re-runs no study.
 #: (The registry's parameters are hashed on their own, per study.)
-ORCHESTRATION_FILES = ("runner.py", "__main__.py", "studies.py")
+ORCHESTRATION_MODULES = ("clipnb.runner", "clipnb.__main__", "clipnb.registry")
 
 
-def package_hash() -> str:
-    """A hash of the clipnb sources that compute results (a change re-runs every study)."""
-    files = [
-        p
-        for p in PACKAGE_DIR.rglob("*")
-        if p.suffix in (".py", ".json")
-        and "__pycache__" not in p.parts
-        and p.relative_to(PACKAGE_DIR).as_posix() not in ORCHESTRATION_FILES
-    ]
-    return tree_hash(files, PACKAGE_DIR)
+def module_file(module: str) -> Path | None:
+    """The source file of a ``clipnb`` module or package (None if there is none)."""
+    parts = module.split(".")[1:]
+    base = PACKAGE_DIR.joinpath(*parts)
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def imported_modules(source: str) -> set[str]:
+    """The ``clipnb`` modules a source imports, at any depth of the code (lazy imports count),
+    with every package whose ``__init__`` that import runs."""
+    found = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names = [node.module]
+            names += [f"{node.module}.{alias.name}" for alias in node.names]
+        else:
+            continue
+        for name in names:
+            if name.split(".")[0] == "clipnb" and module_file(name) is not None:
+                parts = name.split(".")
+                found.update(".".join(parts[:i]) for i in range(1, len(parts) + 1))
+    return found
+
+
+def dependency_files(source: str) -> list[Path]:
+    """Every ``clipnb`` source file ``source`` depends on: the transitive closure of its imports
+    (plus the model configs when the models module is in it), minus the orchestration."""
+    seen: set[str] = set()
+    todo = sorted(imported_modules(source))
+    while todo:
+        module = todo.pop()
+        if module in seen or module in ORCHESTRATION_MODULES:
+            continue
+        seen.add(module)
+        path = module_file(module)
+        if path is not None:
+            todo.extend(imported_modules(path.read_text()) - seen)
+    files = {module_file(m) for m in seen} - {None}
+    if "clipnb.core.models" in seen:
+        files |= set((PACKAGE_DIR / "model_configs").glob("*.json"))
+    return sorted(files)
+
+
+def dependency_hash(source: str) -> str:
+    """A hash of the sources behind ``source`` (a notebook): an edit re-runs only its users."""
+    return tree_hash(dependency_files(source), PACKAGE_DIR)
 
 
 #: Bumped when :func:`prepare_for_book` changes what it writes, so that executed notebooks are
-#: rendered again (the runner itself is not part of :func:`package_hash`).
+#: rendered again (the runner itself is not part of :func:`dependency_hash`).
 BOOK_FORMAT = 1
 
 
@@ -173,7 +220,7 @@ def resolve(
     check_parameters(study, defaults, params)
     source = (notebooks_dir() / study.notebook).read_text()
     data = os.environ.get("CLIPNB_DATA", "") if profile == "full" else ""
-    digest = stable_hash([source, params, package_hash(), data, BOOK_FORMAT], length=32)
+    digest = stable_hash([source, params, dependency_hash(source), data, BOOK_FORMAT], length=32)
     return nb, params, digest
 
 
@@ -267,7 +314,7 @@ def prepare_models(profile: str) -> None:
     Notebooks only load them; a missing checkpoint would otherwise hold one notebook cell for
     minutes with nothing on the screen.
     """
-    from . import pretrain
+    from clipnb.methods import pretrain
 
     if profile not in pretrain.PRETRAIN_CONFIGS:
         return

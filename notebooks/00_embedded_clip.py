@@ -36,9 +36,11 @@ import numpy as np
 import pandas as pd
 
 import clipnb
-from clipnb import pretrain, report, saliency, world
-from clipnb.evaluation import accuracy, zero_shot_logits
-from clipnb.features import SINGLE_TEMPLATE, class_embeddings, encode_images
+from clipnb.core import report
+from clipnb.core.evaluation import accuracy, zero_shot_logits
+from clipnb.core.features import SINGLE_TEMPLATE, class_embeddings, encode_images
+from clipnb.data import world
+from clipnb.methods import pretrain, saliency
 
 clipnb.seed_everything(seed)
 report.set_style()
@@ -208,7 +210,7 @@ time_table
 # %%
 held = pretrain.heldout_batch(config)
 n_pairs = min(n_retrieval, len(held.captions))
-held_set = clipnb.data.array_imageset(
+held_set = clipnb.core.imagesets.array_imageset(
     "world-heldout-pairs",
     held.images[:n_pairs],
     np.zeros(n_pairs),

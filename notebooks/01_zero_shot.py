@@ -53,10 +53,17 @@ import numpy as np
 import pandas as pd
 
 import clipnb
-from clipnb import backbones, profiles, reference, report
-from clipnb.baselines import label_probs, pick_classes, plot_label_probs, probe_records
-from clipnb.evaluation import PROBE_CS, accuracy, zero_shot_logits
-from clipnb.features import ENSEMBLE_TEMPLATES, SINGLE_TEMPLATE, class_embeddings, encode_dataset
+from clipnb.core import profiles, report
+from clipnb.core.evaluation import PROBE_CS, accuracy, zero_shot_logits
+from clipnb.core.features import (
+    ENSEMBLE_TEMPLATES,
+    SINGLE_TEMPLATE,
+    class_embeddings,
+    encode_dataset,
+)
+from clipnb.data import reference
+from clipnb.methods import backbones
+from clipnb.studies.zero_shot import label_probs, pick_classes, plot_label_probs, probe_records
 
 clipnb.seed_everything(seeds[0])
 report.set_style()

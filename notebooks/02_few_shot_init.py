@@ -48,11 +48,13 @@ import pandas as pd
 import torch
 
 import clipnb
-from clipnb import fewshot, profiles, report
-from clipnb.baselines import plot_val_curves
-from clipnb.evaluation import accuracy, zero_shot_logits
-from clipnb.features import ENSEMBLE_TEMPLATES, SINGLE_TEMPLATE
-from clipnb.heads import LinearHead, train_head
+from clipnb.core import profiles, report
+from clipnb.core.evaluation import accuracy, zero_shot_logits
+from clipnb.core.features import ENSEMBLE_TEMPLATES, SINGLE_TEMPLATE
+from clipnb.methods import few_shot
+from clipnb.methods.heads import LinearHead, train_head
+from clipnb.studies import tip_adapter as tip_adapter_figures
+from clipnb.studies.zero_shot import plot_val_curves
 
 clipnb.seed_everything(seeds[0])
 report.set_style()
@@ -65,7 +67,7 @@ def dataset_options(name: str) -> dict:
 
 
 tasks = {
-    name: fewshot.load_feature_task(bundle, name, templates, **dataset_options(name))
+    name: few_shot.load_feature_task(bundle, name, templates, **dataset_options(name))
     for name in datasets
 }
 report.glue("logit_scale", bundle.logit_scale)
@@ -122,14 +124,14 @@ zero_steps
 
 # %%
 methods = {
-    "zero-shot": fewshot.zero_shot_method(),
-    "logistic regression": fewshot.linear_probe_method(),
-    "random init": fewshot.head_method("random", epochs=epochs, lr=lrs),
-    "zero-shot init": fewshot.head_method("zero_shot", epochs=epochs, lr=lrs),
+    "zero-shot": few_shot.zero_shot_method(),
+    "logistic regression": few_shot.linear_probe_method(),
+    "random init": few_shot.head_method("random", epochs=epochs, lr=lrs),
+    "zero-shot init": few_shot.head_method("zero_shot", epochs=epochs, lr=lrs),
 }
 records = []
 for task in tasks.values():
-    records += fewshot.run_few_shot(task, methods, shots, seeds)
+    records += few_shot.run_few_shot(task, methods, shots, seeds)
 results = pd.DataFrame.from_records(records)
 table = report.mean_std_table(results, ["dataset", "method"], "shots")
 zero_col = [
@@ -144,7 +146,7 @@ table
 # zero-shot classifier and the zero-shot-initialised head exist there).
 
 # %%
-fig = fewshot.plot_accuracy_vs_shots(
+fig = tip_adapter_figures.plot_accuracy_vs_shots(
     records,
     methods=["zero-shot", "random init", "zero-shot init", "logistic regression"],
     ncols=len(datasets),
@@ -326,7 +328,7 @@ for key, name, ax in (("contrast", contrast_dataset, axes[0]), ("focus", focus_d
     task = tasks[name]
     runs = {"zero-shot init": [], "random init": []}
     for seed in seeds:
-        problem = fewshot.few_shot_problem(task, 1, seed)
+        problem = few_shot.few_shot_problem(task, 1, seed)
         for init, done in runs.items():
             if init == "zero-shot init":
                 head = LinearHead.zero_shot(problem.class_weights, problem.logit_scale)

@@ -49,8 +49,10 @@ import numpy as np
 import pandas as pd
 
 import clipnb
-from clipnb import part_sweep, profiles, report, saliency
-from clipnb.finetune import PARTS, prompt_texts
+from clipnb.core import profiles, report
+from clipnb.methods import saliency
+from clipnb.methods.finetune import PARTS, prompt_texts
+from clipnb.studies import finetune_parts
 
 started, cpu_started = time.perf_counter(), time.process_time()
 clipnb.seed_everything(seeds[0])
@@ -66,12 +68,12 @@ if not len(datasets) == len(shots) == len(selection_shots) == len(roles):
     raise ValueError("datasets, shots and selection_shots need one entry per source dataset (3)")
 shots_of = dict(zip(roles, shots, strict=True))
 data = {
-    role: part_sweep.load_study_dataset(name, world_per_class, max_per_split)
+    role: finetune_parts.load_study_dataset(name, world_per_class, max_per_split)
     for role, name in zip(roles, datasets, strict=True)
 }
 prompts = {role: prompt_texts(d.class_names) for role, d in data.items()}
-val = {role: part_sweep.SplitScorer(bundle, d.val, prompts[role]) for role, d in data.items()}
-test = {role: part_sweep.SplitScorer(bundle, d.test, prompts[role]) for role, d in data.items()}
+val = {role: finetune_parts.SplitScorer(bundle, d.val, prompts[role]) for role, d in data.items()}
+test = {role: finetune_parts.SplitScorer(bundle, d.test, prompts[role]) for role, d in data.items()}
 lrs = {
     "text_encoder": encoder_lrs,
     "image_encoder": encoder_lrs,
@@ -124,7 +126,7 @@ overview
 #
 # One of $g$, $h$, $P_I$, $P_T$ is trained with Adam (batches of a fixed size drawn from the
 # $k$-shot training set), everything else frozen, on a copy of the pretrained model:
-# `clipnb.finetune` checks that only the chosen part's parameters change. What is frozen is
+# `clipnb.methods.finetune` checks that only the chosen part's parameters change. What is frozen is
 # computed once: a text part trains against cached image embeddings, the image projection against
 # cached pooled features, and a frozen text side needs its class embeddings once.
 #
@@ -140,7 +142,7 @@ selection_started, selection_cpu = time.perf_counter(), time.process_time()
 settings, selection_records = {}, []
 for role, k in zip(roles, selection_shots, strict=True):
     for part in PARTS:
-        best, recs = part_sweep.select_setting(
+        best, recs = finetune_parts.select_setting(
             bundle,
             part,
             lambda seed, role=role, k=k: clipnb.few_shot(data[role].train, k, seed),
@@ -195,10 +197,10 @@ for role, d in data.items():
     wrong = None
     if role == "mnist" and all(c in d.class_names for c in wrong_target):
         wrong = tuple(d.class_names.index(c) for c in wrong_target)
-    probes[role] = part_sweep.CamProbe(
+    probes[role] = finetune_parts.CamProbe(
         test[role],
         np.linspace(0, len(d.test) - 1, min(cam_images, len(d.test))).astype(int),
-        part_sweep.first_of_classes(d.test.labels, figure_classes),
+        finetune_parts.first_of_classes(d.test.labels, figure_classes),
         setting=cam_validation.setting,
         wrong_target=wrong,
         keep_seed=seeds[0],
@@ -214,7 +216,7 @@ for role in roles:
         ]
         records += [
             r | {"dataset": role}
-            for r in part_sweep.sweep_part(
+            for r in finetune_parts.sweep_part(
                 bundle,
                 part,
                 settings[role, part],
@@ -297,7 +299,7 @@ tables["animals"]
 # %%
 fig, axes = plt.subplots(1, 3, figsize=(12, 3.6), sharey=False)
 for ax, role, name in zip(axes, roles, datasets, strict=True):
-    part_sweep.plot_vs_shots(
+    finetune_parts.plot_vs_shots(
         ax,
         records=results[results.dataset == role].to_dict("records"),
         value="accuracy",
@@ -361,7 +363,7 @@ plt.close(fig)
 # L^c = \operatorname{ReLU}\Big(\sum_k \alpha^c_k A^k\Big),
 # $$
 #
-# upsampled to the image and scaled to $[0, 1]$ (pytorch-grad-cam, through `clipnb.gradcam`).
+# upsampled to the image and scaled to $[0, 1]$ (pytorch-grad-cam, through `clipnb.methods.gradcam`).
 # Which method and block to trust was decided once, on validation masks, in the embedded CLIP
 # chapter: this chapter uses {glue:md}`cam_setting`. {glue:md}`cam_reading` A finetuned text part
 # changes the map only through the class embedding it explains; an image part changes the tower
@@ -370,7 +372,7 @@ plt.close(fig)
 
 # %%
 for role in roles:
-    fig = part_sweep.cam_grid_figure(
+    fig = finetune_parts.cam_grid_figure(
         probes[role], bundle, PARTS, shots_of[role], data[role].class_names
     )
     report.glue(f"fig_cam_{role}", fig)
@@ -420,7 +422,9 @@ wrong_keys = [
 ]
 wrong_rows = []
 if mnist_probe.wrong_target is not None:
-    fig = part_sweep.wrong_target_figure(mnist_probe, bundle, wrong_keys, data["mnist"].class_names)
+    fig = finetune_parts.wrong_target_figure(
+        mnist_probe, bundle, wrong_keys, data["mnist"].class_names
+    )
     report.glue("fig_wrong_target", fig)
     plt.close(fig)
     for key in wrong_keys:
@@ -500,7 +504,7 @@ for ax, role, name in zip(axes, roles, datasets, strict=True):
     if probe.masks is None:
         ax.set_axis_off()
         continue
-    part_sweep.plot_vs_shots(
+    finetune_parts.plot_vs_shots(
         ax,
         records=results[results.dataset == role].to_dict("records"),
         value="cam_mass",

@@ -52,10 +52,13 @@ import pandas as pd
 import torch
 
 import clipnb
-from clipnb import fewshot, part_sweep, profiles, report, saliency
-from clipnb.adapters import TipAdapter, TipAdapterF, search_alpha_beta
-from clipnb.features import image_tensors
-from clipnb.gradcam import cam_mass_in_mask
+from clipnb.core import profiles, report
+from clipnb.core.features import image_tensors
+from clipnb.methods import few_shot, saliency
+from clipnb.methods.gradcam import cam_mass_in_mask
+from clipnb.methods.tip_adapter import TipAdapter, TipAdapterF, search_alpha_beta
+from clipnb.studies import finetune_parts
+from clipnb.studies import tip_adapter as tip_adapter_figures
 
 started = time.perf_counter()
 clipnb.seed_everything(seeds[0])
@@ -112,10 +115,10 @@ report.glue("max_shots", max(shots))
 #
 # **Baselines**, all on the same cached features and the same $k$-shot draws: zero-shot CLIP; a
 # logistic-regression linear probe with $C$ chosen on validation
-# (`clipnb.evaluation.fit_linear_probe`); and the few-shot-initialisation chapter's head, a linear
+# (`clipnb.core.evaluation.fit_linear_probe`); and the few-shot-initialisation chapter's head, a linear
 # layer initialised at the zero-shot classifier ($W_0 = s\,W$, $b_0 = 0$) and trained with Adam,
-# learning rate and epoch chosen on validation (`clipnb.heads.LinearHead.zero_shot` +
-# `train_head`, through `clipnb.fewshot.head_method` with that chapter's epochs and learning-rate
+# learning rate and epoch chosen on validation (`clipnb.methods.heads.LinearHead.zero_shot` +
+# `train_head`, through `clipnb.methods.few_shot.head_method` with that chapter's epochs and learning-rate
 # grid).
 
 # %%
@@ -125,15 +128,15 @@ report.glue("alpha_max", max(alpha_fractions))
 report.glue("beta_min", min(betas))
 report.glue("beta_max", max(betas))
 methods = {
-    "zero-shot": fewshot.zero_shot_method(),
-    "linear probe": fewshot.linear_probe_method(),
-    "zero-shot-init head": fewshot.head_method("zero_shot", epochs=head_epochs, lr=head_lrs),
-    "Tip-Adapter": fewshot.tip_adapter_method(alpha_fractions, betas),
-    "Tip-Adapter-F": fewshot.tip_adapter_f_method(
+    "zero-shot": few_shot.zero_shot_method(),
+    "linear probe": few_shot.linear_probe_method(),
+    "zero-shot-init head": few_shot.head_method("zero_shot", epochs=head_epochs, lr=head_lrs),
+    "Tip-Adapter": few_shot.tip_adapter_method(alpha_fractions, betas),
+    "Tip-Adapter-F": few_shot.tip_adapter_f_method(
         alpha_fractions, betas, epochs=tip_f_epochs, lr=tip_f_lrs
     ),
 }
-tasks = {name: fewshot.load_feature_task(bundle, name) for name in datasets}
+tasks = {name: few_shot.load_feature_task(bundle, name) for name in datasets}
 pd.DataFrame(
     {
         "classes": [len(t.class_names) for t in tasks.values()],
@@ -156,12 +159,12 @@ pd.DataFrame(
 records = []
 for name, task in tasks.items():
     run_shots = sorted(set(shots) | ({table_shots} if name == table_dataset else set()))
-    records += fewshot.run_few_shot(task, methods, run_shots, seeds)
+    records += few_shot.run_few_shot(task, methods, run_shots, seeds)
 results = pd.DataFrame(records)
 report.mean_std_table(results[results["shots"].isin(shots)], ["dataset", "method"], "shots")
 
 # %%
-fig = fewshot.plot_accuracy_vs_shots(records, list(methods), shots=shots)
+fig = tip_adapter_figures.plot_accuracy_vs_shots(records, list(methods), shots=shots)
 report.glue("fig_tip_shots", fig)
 plt.close(fig)
 
@@ -409,7 +412,7 @@ chosen
 # $\alpha/s$ and $\beta$.
 
 # %%
-grid_problem = fewshot.few_shot_problem(tasks[table_dataset], table_shots, seeds[0])
+grid_problem = few_shot.few_shot_problem(tasks[table_dataset], table_shots, seeds[0])
 _, _, val_grid = search_alpha_beta(
     TipAdapter,
     grid_problem.train.x,
@@ -421,7 +424,7 @@ _, _, val_grid = search_alpha_beta(
     [a * grid_problem.logit_scale for a in alpha_fractions],
     betas,
 )
-fig = fewshot.plot_alpha_beta_grid(
+fig = tip_adapter_figures.plot_alpha_beta_grid(
     val_grid, alpha_fractions, betas, f"Tip-Adapter on {table_dataset}, {table_shots} shots"
 )
 report.glue("fig_tip_grid", fig)
@@ -486,7 +489,7 @@ report.glue_words("grid_paper_verdict", words)
 #
 # The source's Figure 15 shows Grad-CAM maps of Tip-Adapter with 1 to 16 examples per class. We
 # use the CAM setting the embedded CLIP chapter chose on validation masks
-# ({glue:md}`cam_setting`, through `clipnb.gradcam.clip_cams`) with Tip-Adapter's logits as the
+# ({glue:md}`cam_setting`, through `clipnb.methods.gradcam.clip_cams`) with Tip-Adapter's logits as the
 # target score: the image tower runs as usual, and the head on the
 # normalised embedding is the function above with the cache of seed 0 at each shot count
 # ($\alpha, \beta$ chosen on validation). The target is each image's true class; the first map
@@ -499,19 +502,19 @@ cam_rows = [int(np.flatnonzero(cam_data.test.labels == c)[0]) for c in range(cam
 pixels = image_tensors(bundle, cam_data.test, np.asarray(cam_rows))
 classes = cam_data.test.labels[cam_rows].tolist()
 maps = {
-    "zero-shot": fewshot.cams_over_shots(
+    "zero-shot": few_shot.cams_over_shots(
         bundle, cam_task, methods["zero-shot"], [1], seeds[0], pixels, classes, cam_setting
     )[1]
 }
-tip_maps = fewshot.cams_over_shots(
+tip_maps = few_shot.cams_over_shots(
     bundle, cam_task, methods["Tip-Adapter"], shots, seeds[0], pixels, classes, cam_setting
 )
 maps |= {f"Tip-Adapter, {k} shot{'s' * (k > 1)}": m for k, m in tip_maps.items()}
 shown = report.display_images(bundle, pixels)
-fig = fewshot.cam_grid_figure(shown, maps, [cam_data.class_names[c] for c in classes])
+fig = tip_adapter_figures.cam_grid_figure(shown, maps, [cam_data.class_names[c] for c in classes])
 report.glue("fig_tip_cam", fig)
 plt.close(fig)
-ink, _ = part_sweep.object_masks(cam_data.test, cam_rows, bundle.preprocess)
+ink, _ = finetune_parts.object_masks(cam_data.test, cam_rows, bundle.preprocess)
 shown_mass = (
     [np.nanmean(cam_mass_in_mask(m, ink)) for m in maps.values()] if ink is not None else []
 )
@@ -535,7 +538,7 @@ report.glue("fig_tip_cam_area", 100 * ink.mean() if ink is not None else np.nan)
 
 # %%
 if mask_dataset:
-    mask_task = tasks.get(mask_dataset) or fewshot.load_feature_task(bundle, mask_dataset)
+    mask_task = tasks.get(mask_dataset) or few_shot.load_feature_task(bundle, mask_dataset)
     mask_data = clipnb.load_dataset(mask_dataset)
     rows = np.arange(min(mask_images, len(mask_data.test)))
     mask_pixels = image_tensors(bundle, mask_data.test, rows)
@@ -543,8 +546,8 @@ if mask_dataset:
     masks = mask_data.test.masks[rows] > 0
     cam_args = (seeds[0], mask_pixels, mask_classes, cam_setting)
     mass = {
-        0: fewshot.cams_over_shots(bundle, mask_task, methods["zero-shot"], [1], *cam_args)[1]
-    } | fewshot.cams_over_shots(bundle, mask_task, methods["Tip-Adapter"], shots, *cam_args)
+        0: few_shot.cams_over_shots(bundle, mask_task, methods["zero-shot"], [1], *cam_args)[1]
+    } | few_shot.cams_over_shots(bundle, mask_task, methods["Tip-Adapter"], shots, *cam_args)
     mass_table = pd.DataFrame(
         {
             "shots (0 = zero-shot)": list(mass),

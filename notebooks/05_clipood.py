@@ -60,8 +60,11 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 import clipnb
-from clipnb import clipood, domains, losses, profiles, report
-from clipnb.finetune import IMAGE_PARTS
+from clipnb.core import profiles, report
+from clipnb.data import domains
+from clipnb.methods.clipood import BetaMovingAverage
+from clipnb.methods.finetune import IMAGE_PARTS
+from clipnb.studies import clipood
 
 started = time.perf_counter()
 clipnb.seed_everything(seeds[0])
@@ -79,7 +82,7 @@ grid_settings = {
     "batch_size": batch_size,
 }
 n_trainable = sum(
-    p.numel() for part in IMAGE_PARTS for p in clipnb.models.model_parts(bundle.model)[part]
+    p.numel() for part in IMAGE_PARTS for p in clipnb.core.models.model_parts(bundle.model)[part]
 )
 report.glue("n_trainable_m", n_trainable / 1e6)
 report.glue("logit_scale", bundle.logit_scale)
@@ -122,7 +125,7 @@ report.glue("batch_size", batch_size)
 # $\beta = 1$ this is the uniform average of the trajectory; an exponential moving average (EMA)
 # with decay $a$ instead gives $\theta_0$ a weight $a^T$ that vanishes over a long run. Both
 # identities ($\lambda = 0$ is cross-entropy, $\beta = 1$ is the uniform average) are unit tests of
-# `clipnb.losses`.
+# `clipnb.methods.clipood`.
 #
 # **What is trained and compared.** The image encoder and the image projection
 # ({glue:text}`n_trainable_m:.2f` M parameters), with Adam, the text side frozen. One run per
@@ -404,7 +407,7 @@ chosen_betas = [
     for sel in dg_selected.values()
 ]
 bma_beta = pd.Series(chosen_betas).mode().iloc[0]
-bma = losses.BetaMovingAverage(beta=float(bma_beta), total_steps=steps[0])
+bma = BetaMovingAverage(beta=float(bma_beta), total_steps=steps[0])
 alphas = np.array([bma.weight(t) for t in range(steps[0] + 1)])
 theta0 = {
     "MMS": 0.0,

@@ -53,10 +53,13 @@ import pandas as pd
 import torch
 
 import clipnb
-from clipnb import chain, memes, report, saliency
-from clipnb.evaluation import fit_linear_probe, select_on_validation
-from clipnb.features import encode_images, encode_texts, image_tensors
-from clipnb.profiles import load_model
+from clipnb.core import report
+from clipnb.core.evaluation import fit_linear_probe, select_on_validation
+from clipnb.core.features import encode_images, encode_texts, image_tensors
+from clipnb.data import memes
+from clipnb.methods import saliency
+from clipnb.methods.backbones import load_model
+from clipnb.studies import hidden_links
 
 start, start_cpu = time.perf_counter(), time.process_time()
 report.set_style()
@@ -287,12 +290,14 @@ probes.round(1)
 # separately.
 
 # %%
-rows_cam = chain.cam_rows(test, cam_memes)
+rows_cam = hidden_links.cam_rows(test, cam_memes)
 records, masses, example_maps = [], [], {}
 
 
-def record(experiment: str, stage: str, n_aux: int, seed: int, clf: chain.MemeClassifier) -> None:
-    metrics, cam, maps = chain.measure(clf, test, rows_cam, cam_validation.setting)
+def record(
+    experiment: str, stage: str, n_aux: int, seed: int, clf: hidden_links.MemeClassifier
+) -> None:
+    metrics, cam, maps = hidden_links.measure(clf, test, rows_cam, cam_validation.setting)
     keys = {"experiment": experiment, "stage": stage, "n": n_aux, "seed": seed}
     records.extend(keys | r for r in metrics)
     masses.extend(keys | r for r in cam)
@@ -303,11 +308,11 @@ def record(experiment: str, stage: str, n_aux: int, seed: int, clf: chain.MemeCl
 n_runs, chosen_lr = 0, {}
 
 
-def train_run(part: str, templates, lr: float, seed: int, **extra) -> chain.MemeTraining:
+def train_run(part: str, templates, lr: float, seed: int, **extra) -> hidden_links.MemeTraining:
     global n_runs
     n_runs += 1
     clipnb.seed_everything(seed)
-    return chain.finetune_memes(
+    return hidden_links.finetune_memes(
         bundle, part, train, val, templates=templates, steps=steps, lr=lr, seed=seed,
         eval_every=eval_every, pairs_per_step=pairs_per_step, progress=True, **extra,
     )  # fmt: skip
@@ -315,8 +320,8 @@ def train_run(part: str, templates, lr: float, seed: int, **extra) -> chain.Meme
 
 runs = {}
 for family in ("caption", "shared"):
-    templates = chain.PROMPT_FAMILIES[family]
-    zero_shot = chain.MemeClassifier(bundle, templates, bundle)
+    templates = hidden_links.PROMPT_FAMILIES[family]
+    zero_shot = hidden_links.MemeClassifier(bundle, templates, bundle)
     record("1", f"zero-shot · {family} prompts", 0, seeds[0], zero_shot)
     for part in ("image_encoder", "text_encoder"):
         trials = {}
@@ -336,30 +341,39 @@ pd.Series(chosen_lr, name="learning rate chosen on validation")
 # %%
 results = pd.DataFrame.from_records(records)
 main_group = "hidden" if synthetic else "all"
-columns = [(main_group, m) for m in chain.METRICS]
+columns = [(main_group, m) for m in hidden_links.METRICS]
 columns += [("shown", "accuracy"), ("shown", "AUROC")] if synthetic else []
 ft_text, ft_image = "text encoder · caption prompts", "image encoder · caption prompts"
 exp1 = results[results.experiment == "1"]
-report.glue("auroc_ft", chain.mean_where(exp1, "AUROC", stage=ft_text, group=main_group))
-report.glue("acc_ft", chain.mean_where(exp1, "accuracy", stage=ft_text, group=main_group))
-report.glue("auroc_ft_image", chain.mean_where(exp1, "AUROC", stage=ft_image, group=main_group))
+report.glue("auroc_ft", hidden_links.mean_where(exp1, "AUROC", stage=ft_text, group=main_group))
+report.glue("acc_ft", hidden_links.mean_where(exp1, "accuracy", stage=ft_text, group=main_group))
+report.glue(
+    "auroc_ft_image", hidden_links.mean_where(exp1, "AUROC", stage=ft_image, group=main_group)
+)
 report.glue(
     "acc_ft_best",
-    max(chain.mean_where(exp1, "accuracy", stage=s, group=main_group) for s in exp1.stage.unique()),
+    max(
+        hidden_links.mean_where(exp1, "accuracy", stage=s, group=main_group)
+        for s in exp1.stage.unique()
+    ),
 )
-report.glue("auroc_ft_shown", chain.mean_where(exp1, "AUROC", stage=ft_text, group="shown"))
-report.glue("acc_ft_shown", chain.mean_where(exp1, "accuracy", stage=ft_text, group="shown"))
-report.glue("auroc_ft_image_shown", chain.mean_where(exp1, "AUROC", stage=ft_image, group="shown"))
+report.glue("auroc_ft_shown", hidden_links.mean_where(exp1, "AUROC", stage=ft_text, group="shown"))
+report.glue("acc_ft_shown", hidden_links.mean_where(exp1, "accuracy", stage=ft_text, group="shown"))
+report.glue(
+    "auroc_ft_image_shown", hidden_links.mean_where(exp1, "AUROC", stage=ft_image, group="shown")
+)
 report.glue("chosen_step_mean", np.mean([r.chosen_step for r in runs.values()]))
 for part in ("image", "text"):
-    value = chain.mean_where(exp1, "AUROC", stage=f"{part} encoder · shared prompts", group="shown")
+    value = hidden_links.mean_where(
+        exp1, "AUROC", stage=f"{part} encoder · shared prompts", group="shown"
+    )
     report.glue(f"auroc_ft_{part}_shared_shown", value)
 band_main, band_shown = auroc_band(main_group), auroc_band("shown")
 report.glue("band_main", band_main)
 report.glue("band_shown", band_shown)
 report.glue("band_main_top", 50 + band_main)
 hidden_vs = {
-    s: versus_chance(chain.mean_where(exp1, "AUROC", stage=s, group=main_group), band_main)
+    s: versus_chance(hidden_links.mean_where(exp1, "AUROC", stage=s, group=main_group), band_main)
     for s in exp1.stage.unique()
 }
 above = [s for s, v in hidden_vs.items() if v == "above chance"]
@@ -371,7 +385,7 @@ report.glue_words(
     else f"{report.join_words(above)} {'ranks' if len(above) == 1 else 'rank'} the memes above chance",
 )
 acc_best_vs = versus_chance(
-    max(chain.mean_where(exp1, "accuracy", stage=s, group=main_group) for s in hidden_vs),
+    max(hidden_links.mean_where(exp1, "accuracy", stage=s, group=main_group) for s in hidden_vs),
     acc_band(main_group),
 )
 report.glue_words(
@@ -382,7 +396,9 @@ report.glue_words(
 )
 report.glue_words("ft_image_vs", hidden_vs[ft_image])
 shown_vs = {
-    key: versus_chance(chain.mean_where(exp1, "AUROC", stage=stage, group="shown"), band_shown)
+    key: versus_chance(
+        hidden_links.mean_where(exp1, "AUROC", stage=stage, group="shown"), band_shown
+    )
     for key, stage in (
         ("text", ft_text),
         ("image", ft_image),
@@ -406,7 +422,7 @@ else:
         " hidden-link numbers say little about missing links."
     )
 report.glue_words("shown_conclusion", words)
-chain.metric_table(exp1, columns)
+hidden_links.metric_table(exp1, columns)
 
 # %% [markdown]
 # Columns: the group of test memes (hidden-link memes; all test memes in the `full` profile),
@@ -465,7 +481,7 @@ for n_aux in aux_counts if have_aux else []:
             run = runs[("caption", "text_encoder", seed)]
         else:
             aux = memes.first_per_emblem(aux_all, n_aux)
-            run = train_run("text_encoder", chain.CAPTION_TEMPLATES, lr_text, seed, aux=aux)
+            run = train_run("text_encoder", hidden_links.CAPTION_TEMPLATES, lr_text, seed, aux=aux)
         record("2", "memes + alignment", n_aux, seed, run.classifier)
 
 # %% [markdown]
@@ -490,7 +506,7 @@ for n_aux in aux_counts if have_aux else []:
 # links are stated. The frozen copy never changes (a test checks its parameters).
 
 # %%
-reference = chain.FrozenReference(bundle, chain_spec.anchors) if have_aux else None
+reference = hidden_links.FrozenReference(bundle, chain_spec.anchors) if have_aux else None
 # Control sentences: each test-only word with the concepts it is *not* linked to.
 test_words = links.words_for("test") if synthetic else []
 linked_sentences = links.chain_sentences(test_words) if synthetic else []
@@ -502,7 +518,7 @@ for n_aux in aux_counts if have_aux else []:
     for seed in seeds:
         aux = memes.first_per_emblem(aux_all, n_aux) if n_aux else None
         run = train_run(
-            "text_encoder", chain.CAPTION_TEMPLATES, lr_text, seed, aux=aux,
+            "text_encoder", hidden_links.CAPTION_TEMPLATES, lr_text, seed, aux=aux,
             chain=chain_spec.sentences, chain_batch=chain_batch, reference=reference,
         )  # fmt: skip
         record("3", "memes + self-learning + alignment", n_aux, seed, run.classifier)
@@ -510,8 +526,8 @@ for n_aux in aux_counts if have_aux else []:
             model = run.classifier.bundle
             shares.append({
                 "seed": seed,
-                "linked (trained)": chain.target_share(model, reference, linked_sentences),
-                "not linked (never seen)": chain.target_share(model, reference, unlinked_sentences),
+                "linked (trained)": hidden_links.target_share(model, reference, linked_sentences),
+                "not linked (never seen)": hidden_links.target_share(model, reference, unlinked_sentences),
             })  # fmt: skip
 
 # %%
@@ -536,9 +552,11 @@ for key, stage in (
     ("chain", chain_label),
 ):
     for metric in ("AUROC", "linked", "confounders"):
-        value = chain.mean_where(stages, metric, stage=stage, group=main_group)
+        value = hidden_links.mean_where(stages, metric, stage=stage, group=main_group)
         report.glue(f"{metric.lower()}_{key}", value)
-    report.glue(f"auroc_{key}_shown", chain.mean_where(stages, "AUROC", stage=stage, group="shown"))
+    report.glue(
+        f"auroc_{key}_shown", hidden_links.mean_where(stages, "AUROC", stage=stage, group="shown")
+    )
 report.glue("n_max", n_max)
 aux_stages = {
     "align": align_label,
@@ -551,7 +569,9 @@ aux_names = {
     "chain": "the whole pipeline",
 }
 aux_hidden_vs = {
-    key: versus_chance(chain.mean_where(stages, "AUROC", stage=st, group=main_group), band_main)
+    key: versus_chance(
+        hidden_links.mean_where(stages, "AUROC", stage=st, group=main_group), band_main
+    )
     for key, st in aux_stages.items()
 }
 aux_off = [aux_names[k] for k, v in aux_hidden_vs.items() if v not in ("at chance", "not measured")]
@@ -582,8 +602,8 @@ else:
     words = "do not simply trade off against each other from seed to seed"
 report.glue_words("trade_verdict", words)
 shown_gain = {
-    k: chain.mean_where(stages, "AUROC", stage=st, group="shown")
-    - chain.mean_where(exp1, "AUROC", stage=ft_text, group="shown")
+    k: hidden_links.mean_where(stages, "AUROC", stage=st, group="shown")
+    - hidden_links.mean_where(exp1, "AUROC", stage=ft_text, group="shown")
     for k, st in aux_stages.items()
 }
 raise_shown = [aux_names[k] for k, g in shown_gain.items() if g > 0]
@@ -605,7 +625,7 @@ words += (
     " the hidden links off chance"
 )
 report.glue_words("aux_shown_verdict", words)
-chain.metric_table(stages, columns)
+hidden_links.metric_table(stages, columns)
 
 # %% [markdown]
 # Each stage of the source's pipeline, scored on the same test memes (mean ± std over seeds;
@@ -675,7 +695,7 @@ share_table.drop(columns="seed").agg(["mean", "std"]).round(1)
 # %%
 over_n = results[results.experiment.isin(["2", "3"]) & (results.group == main_group)]
 families = [("2", "alignment", "C0"), ("3", "self-learning + alignment", "C3")]
-fig = chain.plot_over_n(
+fig = hidden_links.plot_over_n(
     over_n,
     [
         ("Hidden-link memes: AUROC", [("AUROC", "", "-")], "AUROC (%)"),
@@ -729,21 +749,21 @@ if not len(mass):  # no masks (full profile): the maps only
 mass[["emblem mass", "text mass"]] *= 100
 cam_group = "shown" if synthetic else "all"
 report.glue("cam_memes_used", max(len(r) for r in rows_cam.values()))
-report.glue("area_emblem", 100 * chain.mean_where(mass, "emblem area", group=cam_group))
-report.glue("area_text", 100 * chain.mean_where(mass, "text area", group=cam_group))
+report.glue("area_emblem", 100 * hidden_links.mean_where(mass, "emblem area", group=cam_group))
+report.glue("area_text", 100 * hidden_links.mean_where(mass, "text area", group=cam_group))
 encoder_stages = {"zs": "zero-shot · caption prompts", "img": ft_image, "txt": ft_text}
 for key, stage in encoder_stages.items():
     for region in ("emblem", "text"):
-        value = chain.mean_where(
+        value = hidden_links.mean_where(
             mass, f"{region} mass", experiment="1", stage=stage, group=cam_group
         )
         report.glue(f"cam_{key}_{region}", value)
 cam_area = {
-    r: 100 * chain.mean_where(mass, f"{r} area", group=cam_group) for r in ("emblem", "text")
+    r: 100 * hidden_links.mean_where(mass, f"{r} area", group=cam_group) for r in ("emblem", "text")
 }
 cam_means = {
     key: {
-        r: chain.mean_where(mass, f"{r} mass", experiment="1", stage=stage, group=cam_group)
+        r: hidden_links.mean_where(mass, f"{r} mass", experiment="1", stage=stage, group=cam_group)
         for r in ("emblem", "text")
     }
     for key, stage in encoder_stages.items()
@@ -791,7 +811,7 @@ report.mean_std_table(cam_table, index="stage", columns="column", value="value")
 
 # %%
 shown_meme = int(rows_cam[cam_group][0])
-fig = chain.cam_rows_figure(
+fig = hidden_links.cam_rows_figure(
     report.display_images(bundle, image_tensors(bundle, test, [shown_meme]))[0],
     [
         (
@@ -839,7 +859,7 @@ plt.close(fig)
 
 # %%
 over_n_mass = mass[mass.experiment.isin(["2", "3"]) & (mass.group == main_group)]
-fig = chain.plot_over_n(
+fig = hidden_links.plot_over_n(
     over_n_mass,
     [
         (
@@ -855,12 +875,14 @@ plt.close(fig)
 for key, experiment in (("align", "2"), ("chain", "3")):
     for n_aux, tag in ((0, "0"), (max(aux_counts), "_max")):
         for region in ("emblem", "text"):
-            value = chain.mean_where(over_n_mass, f"{region} mass", experiment=experiment, n=n_aux)
+            value = hidden_links.mean_where(
+                over_n_mass, f"{region} mass", experiment=experiment, n=n_aux
+            )
             report.glue(f"cam_{key}{tag}_{region}", value)
 spread = over_n_mass.groupby(["experiment", "n"])[["emblem mass", "text mass"]].std()
 cam_spread = spread.mean().mean()
 report.glue("cam_spread", cam_spread)
-report.glue("area_emblem_hidden", 100 * chain.mean_where(over_n_mass, "emblem area"))
+report.glue("area_emblem_hidden", 100 * hidden_links.mean_where(over_n_mass, "emblem area"))
 curves = over_n_mass.groupby(["experiment", "n"])[["emblem mass", "text mass"]].mean()
 changes, rising = {}, {}
 for experiment in ("2", "3"):
@@ -921,7 +943,7 @@ report.glue_words(
 # %%
 hidden_meme = int(rows_cam[main_group][0])
 strip = [n for n in cam_counts if n in aux_counts] if have_aux else []
-fig = chain.cam_rows_figure(
+fig = hidden_links.cam_rows_figure(
     report.display_images(bundle, image_tensors(bundle, test, [hidden_meme]))[0],
     [
         (

@@ -54,9 +54,12 @@ import torch
 import torch.nn.functional as F
 
 import clipnb
-from clipnb import pretrain, report
-from clipnb.decoders import VQVAE, ConvEncoder, SegmentationDecoder, UNet, vqvae_loss
-from clipnb.feature_decoding import (
+from clipnb.core import report
+from clipnb.core.features import image_tensors
+from clipnb.methods import pretrain
+from clipnb.methods.backbones import FULL_MODEL, load_model
+from clipnb.methods.decoders import VQVAE, ConvEncoder, SegmentationDecoder, UNet, vqvae_loss
+from clipnb.studies.feature_decoding import (
     fit_on_validation,
     label_map_grid,
     pixel_tensors,
@@ -67,8 +70,6 @@ from clipnb.feature_decoding import (
     to_uint8_images,
     vqvae_scores,
 )
-from clipnb.features import image_tensors
-from clipnb.profiles import FULL_MODEL, load_model
 
 clipnb.seed_everything(seeds[0])
 report.set_style()

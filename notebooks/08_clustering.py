@@ -47,14 +47,10 @@ import seaborn as sns
 from sklearn.decomposition import PCA
 
 import clipnb
-from clipnb import report
-from clipnb.backbones import backbone_label, load_backbone
-from clipnb.clustering import (
-    clustering_records,
-    embed_umap_2d,
-    label_noise_records,
-)
-from clipnb.features import encode_dataset
+from clipnb.core import report
+from clipnb.core.features import encode_dataset
+from clipnb.methods.backbones import backbone_label, load_backbone
+from clipnb.methods.clustering import clustering_records, embed_umap_2d, label_noise_records
 
 clipnb.seed_everything(seeds[0])
 report.set_style()
@@ -72,7 +68,7 @@ metric_labels = {
 # ## Backbones and data
 #
 # Each backbone maps an image to a feature vector, L2-normalised, through the same interface and
-# feature cache (`clipnb.backbones.load_backbone` + `clipnb.encode_images`):
+# feature cache (`clipnb.methods.backbones.load_backbone` + `clipnb.encode_images`):
 #
 # - **CLIP**: the image tower of the profile's CLIP (in `embedded`, the small CLIP pretrained on
 #   the generated world with captions; in `full`, OpenAI's ViT-B/32).

@@ -36,7 +36,7 @@ def repo() -> Path:
 @pytest.fixture(scope="session")
 def smoke_bundle():
     """The smoke profile's pretrained tiny CLIP (trained once per test session, in seconds)."""
-    from clipnb.pretrain import load_pretrained
+    from clipnb.methods.pretrain import load_pretrained
 
     return load_pretrained("smoke", progress=False)
 

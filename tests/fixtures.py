@@ -440,7 +440,7 @@ def save_random_torchvision_weights(name: str, weights_dir: Path, seed: int = 0)
     import torch
     from torchvision.models import get_model
 
-    from clipnb.backbones import TORCHVISION_BACKBONES, torchvision_weights_file
+    from clipnb.methods.backbones import TORCHVISION_BACKBONES, torchvision_weights_file
 
     path = torchvision_weights_file(name, weights_dir)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from clipnb.adapters import ALPHAS, BETAS, TipAdapter, TipAdapterF, search_alpha_beta
+from clipnb.methods.tip_adapter import ALPHAS, BETAS, TipAdapter, TipAdapterF, search_alpha_beta
 
 LOGIT_SCALE = 100.0
 

@@ -12,10 +12,16 @@ import pytest
 import torch
 
 import clipnb
-from clipnb import clipood, domains
-from clipnb import finetune as ft
-from clipnb.losses import BetaMovingAverage, ExponentialMovingAverage, UniformAverage, text_margins
-from clipnb.utils import array_hash
+from clipnb.core.utils import array_hash
+from clipnb.data import domains
+from clipnb.methods import finetune as ft
+from clipnb.methods.clipood import (
+    BetaMovingAverage,
+    ExponentialMovingAverage,
+    UniformAverage,
+    text_margins,
+)
+from clipnb.studies import clipood
 from tests import fixtures as fx
 
 WORLD = [f"world-shape-{s}" for s in ("photo", "sketch", "cartoon", "noisy")]
@@ -121,7 +127,9 @@ def test_mms_with_zero_margin_trains_exactly_like_cross_entropy(tiny_bundle) -> 
         ft.IMAGE_PARTS,
         data.train,
         prompts,
-        loss_fn=lambda i, t, y, s: clipnb.losses.margin_metric_softmax(i, t, y, 1.0 / s, 0.0),
+        loss_fn=lambda i, t, y, s: clipnb.methods.clipood.margin_metric_softmax(
+            i, t, y, 1.0 / s, 0.0
+        ),
         **kw,
     )
     # Same losses along the way (Adam normalises gradients, so round-off in near-zero gradients

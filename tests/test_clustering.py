@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 import pytest
 
-from clipnb.clustering import (
+from clipnb.methods.clustering import (
     CLUSTER_METRICS,
     cluster_and_score,
     cluster_kmeans,

@@ -9,8 +9,12 @@ import pandas as pd
 import pytest
 import torch
 
-from clipnb import report
-from clipnb.backbones import (
+from clipnb.core import report
+from clipnb.core.features import encode_images
+from clipnb.core.imagesets import DatasetNotFoundError, array_imageset
+from clipnb.core.models import WeightsNotFoundError
+from clipnb.data.registry import load_dataset
+from clipnb.methods.backbones import (
     TORCHVISION_BACKBONES,
     _replace_head,
     backbone_label,
@@ -19,7 +23,7 @@ from clipnb.backbones import (
     torchvision_backbone,
     torchvision_weights_file,
 )
-from clipnb.clustering import (
+from clipnb.methods.clustering import (
     CLUSTER_METRICS,
     VAL_FLIP_OFFSET,
     clustering_records,
@@ -27,9 +31,6 @@ from clipnb.clustering import (
     label_noise_records,
     noisy_probe,
 )
-from clipnb.data import DatasetNotFoundError, array_imageset, load_dataset
-from clipnb.features import encode_images
-from clipnb.models import WeightsNotFoundError
 from tests import fixtures as fx
 
 

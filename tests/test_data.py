@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 
 import clipnb
-from clipnb.data import few_shot, few_shot_indices, stratified_split
+from clipnb.core.imagesets import few_shot, few_shot_indices, stratified_split
 
 
 def test_unknown_dataset_lists_known():
-    with pytest.raises(clipnb.data.UnknownDatasetError, match="digits"):
+    with pytest.raises(clipnb.data.registry.UnknownDatasetError, match="digits"):
         clipnb.load_dataset("imagenet-9000")
 
 

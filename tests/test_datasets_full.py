@@ -11,16 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clipnb import datasets_full as full
-from clipnb.data import (
-    DATASETS,
-    DIGIT_WORDS,
-    DatasetNotFoundError,
-    ImageSource,
-    few_shot,
-    list_datasets,
-    load_dataset,
-)
+from clipnb.core.imagesets import DatasetNotFoundError, ImageSource, few_shot
+from clipnb.data import full as full
+from clipnb.data.registry import DATASETS, DIGIT_WORDS, list_datasets, load_dataset
 from tests import fixtures as fx
 
 NAMES = [

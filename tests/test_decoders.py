@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 from open_clip.modified_resnet import ModifiedResNet
 
-from clipnb.decoders import (
+from clipnb.core.spatial import _to_batch_first, spatial_features, tower_kind
+from clipnb.methods.decoders import (
     VQVAE,
     ConvDecoder,
     ConvEncoder,
@@ -25,7 +26,6 @@ from clipnb.decoders import (
     train_decoder,
     vqvae_loss,
 )
-from clipnb.spatial import _to_batch_first, spatial_features, tower_kind
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

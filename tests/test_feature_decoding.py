@@ -15,18 +15,17 @@ from PIL import Image
 from torchvision import transforms as T
 
 import clipnb
-from clipnb.data import array_imageset
-from clipnb.decoders import VQVAE, SegmentationDecoder, train_decoder, vqvae_loss
-from clipnb.feature_decoding import (
+from clipnb.core.imagesets import array_imageset, mask_geometry
+from clipnb.core.spatial import spatial_features
+from clipnb.methods.decoders import VQVAE, SegmentationDecoder, train_decoder, vqvae_loss
+from clipnb.studies.feature_decoding import (
     fit_on_validation,
-    mask_geometry,
     pixel_tensors,
     segmentation_scores,
     segmentation_targets,
     spatial_feature_cache,
     vqvae_scores,
 )
-from clipnb.spatial import spatial_features
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -53,7 +52,7 @@ def test_spatial_feature_cache_runs_tower_once_and_keeps_it_frozen(
     feats = spatial_feature_cache(tiny_bundle, world_split, batch_size=5)
     grid = tiny_bundle.visual.grid_size
     assert feats.shape == (len(world_split), tiny_bundle.visual.transformer.width, *grid)
-    x = clipnb.features.image_tensors(tiny_bundle, world_split)
+    x = clipnb.core.features.image_tensors(tiny_bundle, world_split)
     torch.testing.assert_close(feats, spatial_features(tiny_bundle.visual, x))
     assert len(list((fresh_cache / "features" / "spatial").glob("*.pt"))) == 1
 
@@ -61,7 +60,7 @@ def test_spatial_feature_cache_runs_tower_once_and_keeps_it_frozen(
     def boom(*args, **kwargs):
         raise AssertionError("tower ran twice")
 
-    monkeypatch.setattr("clipnb.spatial.spatial_features", boom)
+    monkeypatch.setattr("clipnb.core.spatial.spatial_features", boom)
     assert torch.equal(spatial_feature_cache(tiny_bundle, world_split), feats)
     after = tiny_bundle.visual.state_dict()
     assert all(torch.equal(after[k], v) for k, v in before.items())

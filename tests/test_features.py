@@ -4,8 +4,8 @@ import torch
 import torch.nn.functional as F
 
 import clipnb
-from clipnb import features
-from clipnb.features import class_embeddings, encode_images
+from clipnb.core import features
+from clipnb.core.features import class_embeddings, encode_images
 
 
 def _counting(bundle):
@@ -68,8 +68,8 @@ def test_ensemble_embedding_is_normalised_mean(fresh_cache):
 
 
 def test_text_features_cut_to_the_longest_prompt_equal_encode_text() -> None:
-    from clipnb.features import ENSEMBLE_TEMPLATES, prompts, text_features
-    from clipnb.models import create_model
+    from clipnb.core.features import ENSEMBLE_TEMPLATES, prompts, text_features
+    from clipnb.core.models import create_model
 
     bundle = create_model("clipnb-ViT-tiny", None)
     tokens = bundle.tokenize(prompts(["cat", "aquarium fish"], ENSEMBLE_TEMPLATES[:12]))

@@ -6,12 +6,12 @@ import torch
 import torch.nn.functional as F
 
 import clipnb
-from clipnb import fewshot
-from clipnb.features import SplitFeatures
-from clipnb.heads import LinearHead, train_head
+from clipnb.core.features import SplitFeatures
+from clipnb.methods import few_shot
+from clipnb.methods.heads import LinearHead, train_head
 
 
-def _task(n_classes: int = 4, dim: int = 16) -> fewshot.FeatureTask:
+def _task(n_classes: int = 4, dim: int = 16) -> few_shot.FeatureTask:
     """Features scattered around known class directions; the zero-shot weights are those directions."""
     g = torch.Generator().manual_seed(0)
     weights = F.normalize(torch.randn(n_classes, dim, generator=g), dim=-1)
@@ -21,16 +21,16 @@ def _task(n_classes: int = 4, dim: int = 16) -> fewshot.FeatureTask:
         x = F.normalize(weights[y] + 0.6 * torch.randn(len(y), dim, generator=g), dim=-1)
         return SplitFeatures(x, y, [f"c{i}" for i in range(n_classes)])
 
-    return fewshot.FeatureTask("toy", split(8), split(10), split(25), weights, 50.0)
+    return few_shot.FeatureTask("toy", split(8), split(10), split(25), weights, 50.0)
 
 
 def test_zero_shot_initialised_head_at_zero_epochs_is_zero_shot():
     task = _task()
     methods = {
-        "zero-shot": fewshot.zero_shot_method(),
-        "zero-shot init": fewshot.head_method("zero_shot", epochs=0),
+        "zero-shot": few_shot.zero_shot_method(),
+        "zero-shot init": few_shot.head_method("zero_shot", epochs=0),
     }
-    records = fewshot.run_few_shot(task, methods, shots=[1, 2], seeds=[0, 1], progress=False)
+    records = few_shot.run_few_shot(task, methods, shots=[1, 2], seeds=[0, 1], progress=False)
     by_method = {}
     for r in records:
         by_method.setdefault(r["method"], []).append(r["accuracy"])
@@ -46,7 +46,7 @@ def test_training_never_leaves_a_zero_shot_head_below_zero_shot_on_validation():
     # Validation = the class directions themselves: zero-shot is perfect there, so no epoch can
     # beat epoch 0 and the trained head must come back as the zero-shot classifier.
     val_x, val_y = task.class_weights.clone(), torch.arange(len(task.class_weights))
-    problem = fewshot.few_shot_problem(task, 1, seed=0)
+    problem = few_shot.few_shot_problem(task, 1, seed=0)
     head = LinearHead.zero_shot(task.class_weights, task.logit_scale)
     head, record = train_head(
         head, problem.train.x, problem.train.y, val_x, val_y, epochs=20, lr=0.5, seed=0
@@ -60,8 +60,8 @@ def test_training_never_leaves_a_zero_shot_head_below_zero_shot_on_validation():
 
 def test_random_and_zero_shot_heads_differ_and_are_reproducible():
     task = _task()
-    method = fewshot.head_method("random", epochs=5, lr=[0.01, 0.1])
-    problem = fewshot.few_shot_problem(task, 2, seed=0)
+    method = few_shot.head_method("random", epochs=5, lr=[0.01, 0.1])
+    problem = few_shot.few_shot_problem(task, 2, seed=0)
     a, b = method(problem), method(problem)
     assert a.info == b.info
     with torch.no_grad():

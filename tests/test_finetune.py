@@ -4,9 +4,9 @@ import pytest
 import torch
 
 import clipnb
-from clipnb import finetune as ft
-from clipnb.heads import LinearHead, train_head
-from clipnb.losses import BetaMovingAverage
+from clipnb.methods import finetune as ft
+from clipnb.methods.clipood import BetaMovingAverage
+from clipnb.methods.heads import LinearHead, train_head
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +24,7 @@ def test_only_the_chosen_part_changes(tiny, part):
     result = ft.finetune(
         bundle, part, train, ft.prompt_texts(train.class_names), steps=2, lr=1e-2, batch_size=8
     )
-    chosen = {id(p) for p in clipnb.models.model_parts(result.bundle.model)[part]}
+    chosen = {id(p) for p in clipnb.core.models.model_parts(result.bundle.model)[part]}
     changed = set()
     for name, p in result.bundle.model.named_parameters():
         if not torch.equal(p, before[name]):

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 import clipnb
-from clipnb import finetune as ft
-from clipnb import part_sweep as ps
-from clipnb.gradcam import ClipGradCAM, cam_mass_in_mask
-from clipnb.saliency import CamSetting
+from clipnb.methods import finetune as ft
+from clipnb.methods.gradcam import ClipGradCAM, cam_mass_in_mask
+from clipnb.methods.saliency import CamSetting
+from clipnb.studies import finetune_parts as ps
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +38,7 @@ def test_only_the_chosen_part_changes_with_cached_features(tiny, part):
         features=ps.frozen_features(bundle, part, train),
         fused=True,
     )
-    chosen = {id(p) for p in clipnb.models.model_parts(result.bundle.model)[part]}
+    chosen = {id(p) for p in clipnb.core.models.model_parts(result.bundle.model)[part]}
     changed = [
         n for n, p in result.bundle.model.named_parameters() if not torch.equal(p, before[n])
     ]

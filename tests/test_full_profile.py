@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from clipnb import runner, studies
-from clipnb.profiles import FULL_MODEL
+from clipnb import registry, runner
+from clipnb.methods.backbones import FULL_MODEL
 from tests import fixtures as fx
 from tests.conftest import run_studies_and_build_book
 
@@ -145,12 +145,12 @@ def full_book(full_profile_env: Path) -> tuple[Path, list[runner.Outcome]]:
 
 
 def test_dry_run_covers_every_study() -> None:
-    assert set(DRY_RUN) == {s.name for s in studies.STUDIES}
+    assert set(DRY_RUN) == {s.name for s in registry.STUDIES}
 
 
 def test_every_chapter_runs_in_the_full_profile_and_the_book_builds(full_book) -> None:
     html, outcomes = full_book
-    assert [o.study for o in outcomes] == [s.name for s in studies.STUDIES]
-    for study in studies.STUDIES:
+    assert [o.study for o in outcomes] == [s.name for s in registry.STUDIES]
+    for study in registry.STUDIES:
         page = html / "executed" / f"{study.name}.html"
         assert study.title in page.read_text(), page

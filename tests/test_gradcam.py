@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from pytorch_grad_cam import HiResCAM
 
-from clipnb.gradcam import (
+from clipnb.methods.gradcam import (
     ClipClassifier,
     ClipGradCAM,
     ViTReshapeTransform,

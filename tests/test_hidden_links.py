@@ -9,8 +9,9 @@ from open_clip.tokenizer import _tokenizer
 from PIL import Image
 
 import clipnb
-from clipnb import chain, memes, world
-from clipnb.saliency import CamSetting
+from clipnb.data import memes, world
+from clipnb.methods.saliency import CamSetting
+from clipnb.studies import hidden_links
 
 LINKS = memes.DEFAULT_LINKS
 
@@ -105,36 +106,36 @@ def test_generation_is_deterministic_and_alignment_sets_are_nested():
 
 def test_pair_batches_hold_one_negative_and_one_positive():
     labels = np.array([0, 1, 1, 0, 0, 1, 1, 0, 1])
-    batches = chain.pair_batches(labels, 7, seed=3)
+    batches = hidden_links.pair_batches(labels, 7, seed=3)
     assert batches.shape == (7, 2)
     assert (labels[batches[:, 0]] == 0).all() and (labels[batches[:, 1]] == 1).all()
-    assert np.array_equal(batches, chain.pair_batches(labels, 7, seed=3))
+    assert np.array_equal(batches, hidden_links.pair_batches(labels, 7, seed=3))
     # one full pass over each class before any repeat
     assert len(set(batches[:4, 0])) == 4
 
 
 def test_candidate_texts_put_the_caption_inside():
-    cands = chain.candidate_texts(["zib", "fip"], 2, chain.CAPTION_TEMPLATES)
+    cands = hidden_links.candidate_texts(["zib", "fip"], 2, hidden_links.CAPTION_TEMPLATES)
     assert cands[0] == (
         "this photo says zib, it is not hateful",
         "this photo says zib, it is hateful",
     )
-    shared = chain.candidate_texts(None, 2, chain.SHARED_TEMPLATES)
-    assert shared[0] == shared[1] == chain.SHARED_TEMPLATES
+    shared = hidden_links.candidate_texts(None, 2, hidden_links.SHARED_TEMPLATES)
+    assert shared[0] == shared[1] == hidden_links.SHARED_TEMPLATES
 
 
 def test_meme_metrics():
-    m = chain.meme_metrics(np.array([2.0, -1.0, 0.5, -3.0]), np.array([1, 1, 0, 0]))
+    m = hidden_links.meme_metrics(np.array([2.0, -1.0, 0.5, -3.0]), np.array([1, 1, 0, 0]))
     assert m["accuracy"] == 50.0 and m["linked"] == 50.0 and m["confounders"] == 50.0
     assert m["AUROC"] == 75.0
 
 
 def test_frozen_reference_never_changes(tiny, data):
-    reference = chain.FrozenReference(tiny)
+    reference = hidden_links.FrozenReference(tiny)
     before = {k: v.clone() for k, v in reference.model.state_dict().items()}
     anchors = reference.anchors.clone()
     pretrained = {k: v.clone() for k, v in tiny.model.state_dict().items()}
-    result = chain.finetune_memes(
+    result = hidden_links.finetune_memes(
         tiny,
         "text_encoder",
         data.train,
@@ -157,7 +158,7 @@ def test_frozen_reference_never_changes(tiny, data):
 
 
 def test_only_the_text_side_moves_and_the_chosen_step_is_restored(tiny, data):
-    result = chain.finetune_memes(
+    result = hidden_links.finetune_memes(
         tiny, "text_encoder", data.train, data.val, steps=3, lr=1e-2, eval_every=1, seed=1
     )
     model = result.classifier.bundle.model
@@ -166,36 +167,36 @@ def test_only_the_text_side_moves_and_the_chosen_step_is_restored(tiny, data):
         assert torch.equal(p, q), name
     scores = dict(result.val_curve)
     assert scores[result.chosen_step] == max(scores.values())
-    again = chain.meme_metrics(result.classifier.scores(data.val), data.val.labels)["AUROC"]
+    again = hidden_links.meme_metrics(result.classifier.scores(data.val), data.val.labels)["AUROC"]
     assert again == pytest.approx(scores[result.chosen_step])
 
 
 def test_token_rows_train_exactly_like_the_full_table(tiny, data):
     kwargs = dict(steps=4, lr=1e-2, eval_every=0, seed=2)
-    fast = chain.finetune_memes(tiny, "text_encoder", data.train, data.val, **kwargs)
-    full = chain.finetune_memes(
+    fast = hidden_links.finetune_memes(tiny, "text_encoder", data.train, data.val, **kwargs)
+    full = hidden_links.finetune_memes(
         tiny, "text_encoder", data.train, data.val, token_rows=False, **kwargs
     )
     np.testing.assert_allclose(fast.train_loss, full.train_loss, rtol=1e-4)
 
 
 def test_image_encoder_training_with_shared_prompts(tiny, data):
-    result = chain.finetune_memes(
+    result = hidden_links.finetune_memes(
         tiny,
         "image_encoder",
         data.train,
         data.val,
-        templates=chain.SHARED_TEMPLATES,
+        templates=hidden_links.SHARED_TEMPLATES,
         steps=2,
         lr=1e-3,
         eval_every=0,
     )
     assert result.classifier.image_tower_changed
-    records = chain.grouped_metrics(result.classifier, data.test)
+    records = hidden_links.grouped_metrics(result.classifier, data.test)
     assert [r["group"] for r in records] == ["all", "shown", "hidden"]
     rows = np.flatnonzero(data.test.labels == 1)[:3]
     cams = result.classifier.cams(data.test, rows, CamSetting("HiResCAM", "block 1"))
-    masses = chain.cam_masses(cams, data.test.masks[rows])
+    masses = hidden_links.cam_masses(cams, data.test.masks[rows])
     assert cams.shape == (3, 32, 32)
     assert ((masses["emblem mass"] + masses["text mass"]) <= 1 + 1e-9).all()
 
@@ -209,7 +210,7 @@ def test_full_profile_auxiliary_files(tmp_path):
     aux = memes.load_alignment_folder(folder)
     assert aux.texts == ["subject a", "subject b"] and aux.labels.tolist() == [1, 1]
     assert aux.image(1).size == (8, 8)
-    yml = tmp_path / "chain.yaml"
+    yml = tmp_path / "hidden_links.yaml"
     yml.write_text("target: hateful\ncontrast: [positive, happy]\nsentences:\n  - a b c\n")
     spec = memes.load_chain_yaml(yml)
     assert spec.sentences == ["a b c"] and spec.anchors == ("hateful", "positive", "happy")
@@ -230,17 +231,19 @@ def test_unlinked_chain_sentences_pair_words_with_other_concepts():
 
 
 def test_chain_batches_keep_every_anchor(tiny):
-    texts = chain._Texts.build(tiny, [("a", "b")], [], ["s1", "s2", "s3", "s4"], chain.ANCHORS)
+    texts = hidden_links._Texts.build(
+        tiny, [("a", "b")], [], ["s1", "s2", "s3", "s4"], hidden_links.ANCHORS
+    )
     gen = torch.Generator().manual_seed(0)
     rows = texts.chain_rows(2, gen)
-    assert len(rows) == 2 + len(chain.ANCHORS)
+    assert len(rows) == 2 + len(hidden_links.ANCHORS)
     assert set(rows[-3:].tolist()) == {4, 5, 6}  # the anchors come after the 4 sentences
     assert texts.chain_target[rows[-3:]].tolist() == [0, 1, 2]
     assert len(texts.chain_rows(0, gen)) == 7
 
 
 def test_target_share(tiny):
-    reference = chain.FrozenReference(tiny)
+    reference = hidden_links.FrozenReference(tiny)
     # the frozen model puts its own anchor word "hateful" nearest its own "hateful" anchor
-    assert chain.target_share(tiny, reference, ["hateful"]) == 100.0
-    assert chain.target_share(tiny, reference, ["positive", "happy"]) == 0.0
+    assert hidden_links.target_share(tiny, reference, ["hateful"]) == 100.0
+    assert hidden_links.target_share(tiny, reference, ["positive", "happy"]) == 0.0

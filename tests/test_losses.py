@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from scipy import stats
 from torch import nn
 
-from clipnb.losses import (
+from clipnb.methods.clipood import (
     BetaMovingAverage,
     ExponentialMovingAverage,
     UniformAverage,

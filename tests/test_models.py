@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import clipnb
-from clipnb.models import UnknownModelError, WeightsNotFoundError, create_model, model_parts
+from clipnb.core.models import UnknownModelError, WeightsNotFoundError, create_model, model_parts
 
 
 def test_unknown_model_lists_known_names():
@@ -68,7 +68,7 @@ def test_network_is_refused_in_offline_profiles():
         "s = socket.socket()\n"
         "try:\n"
         "    s.connect(('198.51.100.7', 80))\n"
-        "except clipnb.offline.NetworkBlockedError:\n"
+        "except clipnb.core.offline.NetworkBlockedError:\n"
         "    print('blocked')\n"
     )
     env = {"CLIPNB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}

@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from clipnb import pretrain, world
-from clipnb.pretrain import PretrainConfig
+from clipnb.data import world
+from clipnb.methods import pretrain
+from clipnb.methods.pretrain import PretrainConfig
 
 
 def test_a_few_steps_lower_the_loss_on_a_fixed_batch():

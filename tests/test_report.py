@@ -8,7 +8,7 @@ from html.parser import HTMLParser
 import numpy as np
 import pandas as pd
 
-from clipnb import report
+from clipnb.core import report
 
 
 class _Cells(HTMLParser):

@@ -6,9 +6,9 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from clipnb import runner, studies
+from clipnb import registry, runner
 from clipnb.__main__ import main
-from clipnb.studies import Study
+from clipnb.registry import Study
 
 FAKE = """# %% tags=["parameters"]
 profile = "embedded"
@@ -41,29 +41,29 @@ def fake_studies(tmp_path, monkeypatch):
         ),
         Study("second", "second.py", "Second"),
     ]
-    monkeypatch.setattr(studies, "STUDIES", fake)
+    monkeypatch.setattr(registry, "STUDIES", fake)
     monkeypatch.setattr(runner, "STUDIES", fake)
     monkeypatch.setattr(runner, "notebooks_dir", lambda: nb_dir)
     return tmp_path / "out"
 
 
 def test_parameters_cell_is_parsed(repo):
-    nb = runner.read_notebook(studies.get_study("embedded_clip"))
+    nb = runner.read_notebook(registry.get_study("embedded_clip"))
     params = runner.notebook_parameters(nb)
     assert params["profile"] == "embedded" and isinstance(params["seed"], int)
 
 
 def test_every_registered_study_has_valid_profiles():
-    for study in studies.STUDIES:
+    for study in registry.STUDIES:
         nb = runner.read_notebook(study)
         defaults = runner.notebook_parameters(nb, study.notebook)
-        for profile in studies.PROFILES:
+        for profile in registry.PROFILES:
             runner.check_parameters(study, defaults, study.overrides(profile))
 
 
 def test_toc_lists_every_study_in_order(repo):
     toc = (repo / "book" / "_toc.yml").read_text()
-    positions = [toc.index(f"executed/{s.name}\n") for s in studies.STUDIES]
+    positions = [toc.index(f"executed/{s.name}\n") for s in registry.STUDIES]
     assert positions == sorted(positions)
 
 
@@ -126,7 +126,7 @@ def test_incremental_runs_and_failures(fake_studies):
 def test_missing_checkpoints_are_trained_before_any_notebook_and_only_then(
     fake_studies, monkeypatch, fresh_cache
 ):
-    from clipnb import pretrain
+    from clipnb.methods import pretrain
 
     trained: list[str] = []
     real_prepare = pretrain.prepare
@@ -183,18 +183,54 @@ def test_out_dir_default_is_in_book(repo):
     assert runner.default_out_dir() == Path(repo) / "book" / "executed"
 
 
-def test_package_hash_follows_result_code_not_orchestration(tmp_path, monkeypatch):
-    pkg = tmp_path / "clipnb"
-    pkg.mkdir()
-    for name in ("features.py", "runner.py", "studies.py"):
-        (pkg / name).write_text("x = 1\n")
+def fake_package(root: Path) -> Path:
+    """clipnb/{core/features, studies/a, studies/b, runner}: a and b both use features."""
+    pkg = root / "clipnb"
+    for sub in ("", "core", "studies"):
+        (pkg / sub).mkdir(parents=True, exist_ok=True)
+        (pkg / sub / "__init__.py").write_text("")
+    (pkg / "core" / "features.py").write_text("x = 1\n")
+    (pkg / "studies" / "a.py").write_text("from clipnb.core import features\n")
+    (pkg / "studies" / "b.py").write_text("def f():\n    from clipnb.core.features import x\n")
+    (pkg / "runner.py").write_text("x = 1\n")
+    return pkg
+
+
+def test_a_study_reruns_only_when_code_it_imports_changes(tmp_path, monkeypatch):
+    pkg = fake_package(tmp_path)
     monkeypatch.setattr(runner, "PACKAGE_DIR", pkg)
-    before = runner.package_hash()
-    (pkg / "runner.py").write_text("x = 2\n")
-    (pkg / "studies.py").write_text("x = 2\n")
-    assert runner.package_hash() == before
-    (pkg / "features.py").write_text("x = 2\n")
-    assert runner.package_hash() != before
+    notebook_a = "from clipnb.studies import a\nimport clipnb.runner\n"
+    notebook_b = "from clipnb.studies.b import f\n"
+    files = runner.dependency_files(notebook_a)
+    assert [p.relative_to(pkg).as_posix() for p in files] == [
+        "__init__.py",
+        "core/__init__.py",
+        "core/features.py",
+        "studies/__init__.py",
+        "studies/a.py",
+    ]
+    before = runner.dependency_hash(notebook_a), runner.dependency_hash(notebook_b)
+    (pkg / "runner.py").write_text("x = 2\n")  # orchestration: no study re-runs
+    assert (runner.dependency_hash(notebook_a), runner.dependency_hash(notebook_b)) == before
+    (pkg / "studies" / "a.py").write_text("from clipnb.core import features\ny = 2\n")
+    after_a = runner.dependency_hash(notebook_a), runner.dependency_hash(notebook_b)
+    assert after_a[0] != before[0] and after_a[1] == before[1]  # only study a re-runs
+    (pkg / "core" / "features.py").write_text("x = 2\n")  # both import it (b lazily)
+    after_core = runner.dependency_hash(notebook_a), runner.dependency_hash(notebook_b)
+    assert after_core[0] != after_a[0] and after_core[1] != after_a[1]
+
+
+def test_each_chapter_depends_on_its_own_study_module_only():
+    modules = {p.stem for p in (runner.PACKAGE_DIR / "studies").glob("*.py")} - {"__init__"}
+    for study in registry.STUDIES:
+        source = (runner.notebooks_dir() / study.notebook).read_text()
+        used = {p.stem for p in runner.dependency_files(source) if p.parent.name == "studies"} - {
+            "__init__"
+        }
+        assert used <= modules
+        if study.name in modules:
+            assert study.name in used, study.name
+        assert "hidden_links" not in used or study.name == "hidden_links", study.name
 
 
 def test_summary_keeps_the_precision_of_small_scores():

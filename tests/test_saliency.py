@@ -11,9 +11,9 @@ import pytest
 import torch
 from scipy.ndimage import sobel
 
-from clipnb import saliency
-from clipnb.gradcam import clip_cams, target_layers_for
-from clipnb.saliency import CamSetting
+from clipnb.methods import saliency
+from clipnb.methods.gradcam import clip_cams, target_layers_for
+from clipnb.methods.saliency import CamSetting
 from tests.test_gradcam import make_tiny_vit, unit_rows
 
 SIZE = 32

@@ -5,7 +5,7 @@ import stat
 import pytest
 import torch
 
-from clipnb import utils
+from clipnb.core import utils
 
 
 def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
@@ -35,7 +35,7 @@ def test_atomic_files_are_readable_like_ordinary_files(tmp_path):
 
 
 def test_join_words_reads_as_a_list_in_a_sentence():
-    from clipnb.report import join_words
+    from clipnb.core.report import join_words
 
     assert join_words([]) == "none"
     assert join_words([], empty="no dataset") == "no dataset"

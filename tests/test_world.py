@@ -9,7 +9,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from clipnb import world as w
+from clipnb.data import world as w
 
 
 def _plain_background(colour: str) -> int:

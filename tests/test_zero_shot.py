@@ -8,8 +8,10 @@ import torch
 import torch.nn.functional as F
 
 import clipnb
-from clipnb import baselines, evaluation, reference
-from clipnb.features import SplitFeatures
+from clipnb.core import evaluation
+from clipnb.core.features import SplitFeatures
+from clipnb.data import reference
+from clipnb.studies import zero_shot
 
 CS = (0.001, 0.1, 10.0, 1000.0)
 
@@ -51,7 +53,7 @@ def test_c_is_chosen_on_validation_not_test(monkeypatch):
     monkeypatch.setattr(evaluation, "LogisticRegression", Counting)
     train, val, test = _blobs(10, 1), _blobs(20, 2), _blobs(30, 3)
     guarded = _Guarded(test, fits)
-    ev = baselines.evaluate_linear_probe(train, val, guarded, Cs=CS)
+    ev = zero_shot.evaluate_linear_probe(train, val, guarded, Cs=CS)
 
     # The test split is read only after every candidate C was fitted and scored on validation.
     assert guarded.reads and min(guarded.reads) == len(CS) == fits["n"]
@@ -62,7 +64,7 @@ def test_c_is_chosen_on_validation_not_test(monkeypatch):
         assert score == pytest.approx(clipnb.accuracy(clf.predict(val.x.numpy()), val.y))
     # Test labels cannot influence the choice: scrambled test labels give the same C.
     scrambled = SplitFeatures(test.x, test.y[torch.randperm(len(test.y))], test.class_names)
-    assert baselines.evaluate_linear_probe(train, val, scrambled, Cs=CS).C == ev.C
+    assert zero_shot.evaluate_linear_probe(train, val, scrambled, Cs=CS).C == ev.C
     assert ev.test_accuracy == pytest.approx(
         clipnb.accuracy(
             evaluation.LogisticRegression(C=ev.C, max_iter=1000)
@@ -103,7 +105,7 @@ def test_probes_fit_with_one_blas_thread(monkeypatch):
 
 def test_probe_records_use_the_few_shot_draws():
     splits = {"train": _blobs(10, 1), "val": _blobs(5, 2), "test": _blobs(5, 3)}
-    records = baselines.probe_records("blobs", "clip", splits, shots=[1, 2], seeds=[0, 1], Cs=CS)
+    records = zero_shot.probe_records("blobs", "clip", splits, shots=[1, 2], seeds=[0, 1], Cs=CS)
     assert [(r["shots"], r["seed"]) for r in records] == [
         ("all", 0),
         (1, 0),
@@ -112,7 +114,7 @@ def test_probe_records_use_the_few_shot_draws():
         (2, 1),
     ]
     assert all(r["C"] in CS and 0 <= r["accuracy"] <= 100 for r in records)
-    sub = baselines.shot_subset(splits["train"], 2, seed=1)
+    sub = zero_shot.shot_subset(splits["train"], 2, seed=1)
     idx = clipnb.few_shot_indices(splits["train"].y.numpy(), 2, 1)
     assert torch.equal(sub.x, splits["train"].x[idx])
 
@@ -122,13 +124,13 @@ def test_label_probs_is_the_softmax_over_the_texts(fresh_cache):
     bundle = clipnb.create_model("clipnb-ViT-tiny")
     data = clipnb.load_dataset("digits")
     texts = ["a photo of a one.", "a photo of a two.", "a photo of a seven."]
-    probs = baselines.label_probs(bundle, data.test, 3, texts)
+    probs = zero_shot.label_probs(bundle, data.test, 3, texts)
     image = clipnb.encode_images(bundle, data.test.subset([3]), cache=False)
     text = clipnb.encode_texts(bundle, texts, cache=False)
     expected = (bundle.logit_scale * image @ text.T).softmax(-1)[0]
     assert probs.shape == (3,) and probs.sum() == pytest.approx(1.0, abs=1e-5)
     assert np.allclose(probs, expected.numpy(), atol=1e-5)
-    assert baselines.pick_classes(10, 7, 4, seed=0).count(7) == 1
+    assert zero_shot.pick_classes(10, 7, 4, seed=0).count(7) == 1
 
 
 def test_reference_numbers_by_dataset_name():
@@ -141,8 +143,8 @@ def test_reference_numbers_by_dataset_name():
 
 
 def test_resnet50_features_without_weights(fresh_cache, tmp_path, monkeypatch):
-    from clipnb import backbones
-    from clipnb.models import WeightsNotFoundError
+    from clipnb.core.models import WeightsNotFoundError
+    from clipnb.methods import backbones
 
     net = backbones.torchvision_backbone("resnet50", pretrained=False)
     images = clipnb.load_dataset("digits").val.subset([0, 1])

@@ -24,11 +24,18 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .data import ImageSet
-from .domains import harmonic_mean
-from .evaluation import accuracy, select_on_validation, zero_shot_logits
-from .features import SINGLE_TEMPLATE, class_embeddings, encode_images, image_tensors
-from .finetune import (
+from clipnb.core.evaluation import accuracy, select_on_validation, zero_shot_logits
+from clipnb.core.features import SINGLE_TEMPLATE, class_embeddings, encode_images, image_tensors
+from clipnb.core.imagesets import ImageSet
+from clipnb.core.models import ClipBundle
+from clipnb.core.utils import seed_everything
+from clipnb.data.domains import harmonic_mean
+from clipnb.methods.clipood import (
+    BetaMovingAverage,
+    ExponentialMovingAverage,
+    margin_metric_softmax,
+)
+from clipnb.methods.finetune import (
     IMAGE_PARTS,
     FinetuneResult,
     LossFn,
@@ -37,10 +44,7 @@ from .finetune import (
     evaluate_pixels,
     finetune,
 )
-from .finetune import prompt_texts as _prompt_texts
-from .losses import BetaMovingAverage, ExponentialMovingAverage, margin_metric_softmax
-from .models import ClipBundle
-from .utils import seed_everything
+from clipnb.methods.finetune import prompt_texts as _prompt_texts
 
 #: The template of the paper's prompts (also the zero-shot baseline's).
 TEMPLATE = SINGLE_TEMPLATE[0]
@@ -323,16 +327,6 @@ def run_experiment(
                 if r["member"] == member and r["split"] in report:
                     rows.append({"method": method, **r})
     return Experiment(grid, selected, pd.DataFrame(rows), trials_run=len(done))
-
-
-def selected_settings(selected: Mapping[str, tuple[TrialConfig, str]]) -> pd.DataFrame:
-    """The chosen steps, learning rate, margin and average per method (one row each)."""
-    return pd.DataFrame(
-        [
-            {"method": m, "steps": c.steps, "lr": c.lr, "lambda": c.margin, "average": member}
-            for m, (c, member) in selected.items()
-        ]
-    ).set_index("method")
 
 
 def trajectory(

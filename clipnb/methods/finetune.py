@@ -19,10 +19,10 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .data import ImageSet
-from .evaluation import accuracy
-from .features import image_tensors, text_features
-from .models import ClipBundle, model_parts
+from clipnb.core.evaluation import accuracy
+from clipnb.core.features import image_tensors, text_features
+from clipnb.core.imagesets import ImageSet
+from clipnb.core.models import ClipBundle, model_parts
 
 PARTS: tuple[str, ...] = ("text_encoder", "image_encoder", "text_projection", "image_projection")
 IMAGE_PARTS = ("image_encoder", "image_projection")
@@ -177,7 +177,7 @@ def finetune(
     """Finetune ``parts`` of a copy of ``bundle.model`` on ``train`` for ``steps`` Adam steps.
 
     ``prompts`` holds one text per class (index = label). The pretrained bundle is not modified.
-    With an ``averager`` (e.g. :class:`clipnb.losses.BetaMovingAverage`), it sees the pretrained
+    With an ``averager`` (e.g. :class:`clipnb.methods.clipood.BetaMovingAverage`), it sees the pretrained
     weights at step 0 and every step after, and the returned model carries the averaged weights.
     A mapping of averagers tracks several at once: each is evaluated as ``"<set>/<key>"`` and the
     returned model carries the first one's weights.

@@ -1,10 +1,10 @@
 """Image backbones behind one feature interface: CLIP towers, ImageNet models and raw pixels.
 
-Every backbone is returned as a :class:`~clipnb.models.ClipBundle` whose ``model.encode_image``
+Every backbone is returned as a :class:`~clipnb.core.models.ClipBundle` whose ``model.encode_image``
 maps a preprocessed batch to a feature vector, so :func:`clipnb.encode_images` (and its feature
 cache, keyed on ``bundle.fingerprint``) works unchanged for all of them:
 
-* ``clip`` — the profile's CLIP image tower (:func:`clipnb.profiles.load_model`);
+* ``clip`` — the profile's CLIP image tower (:func:`clipnb.methods.backbones.load_model`);
 * ``supervised`` — the same tower trained on the world's labels, no language (offline profiles);
 * ``random`` — a randomly initialised copy of the profile's CLIP (what pretraining adds);
 * ``pixels`` — the raw pixels at ``pixel_size``², centred (a floor every backbone should beat);
@@ -28,9 +28,10 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
-from .models import ClipBundle, WeightsNotFoundError, create_model, state_hash
-from .offline import offline_requested
-from .utils import file_hash, stable_hash
+from clipnb.core.models import ClipBundle, WeightsNotFoundError, create_model, state_hash
+from clipnb.core.offline import offline_requested
+from clipnb.core.profiles import check_profile
+from clipnb.core.utils import file_hash, stable_hash
 
 __all__ = [
     "BACKBONE_LABELS",
@@ -182,7 +183,7 @@ def torchvision_backbone(
 
     ``pretrained=True`` loads ``IMAGENET1K_V1`` from ``weights_dir`` (default: torch's hub cache).
     If the file is missing, it is downloaded there unless ``CLIPNB_OFFLINE=1``, in which case a
-    :class:`~clipnb.models.WeightsNotFoundError` names the file and URL. ``pretrained=False`` gives a
+    :class:`~clipnb.core.models.WeightsNotFoundError` names the file and URL. ``pretrained=False`` gives a
     random initialisation from ``seed`` (tests). Preprocessing is the weights' own (resize, crop
     224, ImageNet normalisation).
     """
@@ -259,7 +260,6 @@ def load_backbone(
     (offline profiles only) and a random copy; ``pixels`` the raw pixels; torchvision names the
     ImageNet models (any profile, but only ``full`` is expected to have their weights).
     """
-    from .profiles import FULL_MODEL, check_profile, load_model
 
     check_profile(profile)
     if name == "clip":
@@ -270,7 +270,7 @@ def load_backbone(
                 "The supervised tower exists for the offline profiles only; in the full profile use "
                 f"the ImageNet backbones ({', '.join(TORCHVISION_BACKBONES)})."
             )
-        from .pretrain import load_supervised
+        from clipnb.methods.pretrain import load_supervised
 
         return load_supervised(profile)
     if name == "random":
@@ -278,7 +278,7 @@ def load_backbone(
             with torch.random.fork_rng():
                 torch.manual_seed(0)
                 return create_model(FULL_MODEL[0], None)
-        from .pretrain import random_tower
+        from clipnb.methods.pretrain import random_tower
 
         return random_tower(profile)
     if name == "pixels":
@@ -287,3 +287,19 @@ def load_backbone(
         return torchvision_backbone(name, weights_dir=weights_dir)
     known = [*_TOWER_BACKBONES, *TORCHVISION_BACKBONES]
     raise ValueError(f"Unknown backbone {name!r}. Known: {', '.join(known)}.")
+
+
+#: Full-profile default: OpenAI weights need QuickGELU (plain ViT-B-32 only warns and scores lower).
+FULL_MODEL = ("ViT-B-32-quickgelu", "openai")
+
+
+def load_model(profile: str, name: str = "", pretrained: str = "") -> ClipBundle:
+    """The CLIP model a profile runs on; ``name``/``pretrained`` override it (any open_clip model)."""
+    check_profile(profile)
+    if name:
+        return create_model(name, pretrained or None)
+    if profile == "full":
+        return create_model(*FULL_MODEL)
+    from clipnb.methods.pretrain import load_pretrained
+
+    return load_pretrained(profile)

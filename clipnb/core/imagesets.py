@@ -1,23 +1,16 @@
-"""Datasets with one common shape, fixed splits and a few-shot sampler.
-
-Every study sees a dataset as :class:`DatasetSplits`: ``train``/``val``/``test`` :class:`ImageSet`
-objects with integer labels and class names (optionally masks, domains and texts). Splits are fixed
-by the dataset (or carved from its train set with a fixed seed); study seeds only change which
-few-shot examples are drawn, so that every study evaluates on the same test images.
-"""
+"""Image sets and the one way to split and sample them: every study reads data through these."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torchvision.transforms as T
 from PIL import Image
 
-from .utils import array_hash, stable_hash
+from clipnb.core.utils import array_hash, stable_hash
 
 #: Fixed seed that carves validation sets out of datasets that ship without one.
 SPLIT_SEED = 0
@@ -25,10 +18,6 @@ SPLIT_SEED = 0
 
 class DatasetNotFoundError(FileNotFoundError):
     """A dataset folder is missing or not in the expected layout."""
-
-
-class UnknownDatasetError(ValueError):
-    """A dataset name that is not registered."""
 
 
 class ImageSource:
@@ -147,68 +136,6 @@ class DatasetSplits:
         return getattr(self, which)
 
 
-@dataclass(frozen=True)
-class DatasetSpec:
-    """A registered dataset: how to build it, for which profile, and (full) its on-disk layout."""
-
-    name: str
-    profile: str
-    build: Callable[..., DatasetSplits]
-    description: str
-    layout: str = ""
-    reference_key: str | None = None
-
-
-DATASETS: dict[str, DatasetSpec] = {}
-
-
-def register_dataset(spec: DatasetSpec) -> DatasetSpec:
-    DATASETS[spec.name] = spec
-    return spec
-
-
-def list_datasets(profile: str | None = None) -> list[str]:
-    return [n for n, s in DATASETS.items() if profile is None or s.profile == profile]
-
-
-def data_root(root: str | os.PathLike | None = None) -> Path:
-    """The folder holding the full profile's datasets: ``root``, else ``$CLIPNB_DATA``."""
-    value = root if root is not None else os.environ.get("CLIPNB_DATA")
-    if not value:
-        raise DatasetNotFoundError(
-            "No data root given. Pass DATA=/path/to/datasets to make (or set CLIPNB_DATA); "
-            "the full profile reads its datasets from there."
-        )
-    return Path(value).expanduser()
-
-
-def load_dataset(
-    name: str, *, root: str | os.PathLike | None = None, **options: Any
-) -> DatasetSplits:
-    """Build a registered dataset by name. Full-profile datasets read from ``root``/``$CLIPNB_DATA``."""
-    if name not in DATASETS:
-        raise UnknownDatasetError(
-            f"Unknown dataset {name!r}. Known: {', '.join(sorted(DATASETS))}."
-        )
-    spec = DATASETS[name]
-    if spec.profile == "full":
-        return spec.build(data_root(root), **options)
-    return spec.build(**options)
-
-
-def require_folder(path: Path, dataset: str, layout: str) -> Path:
-    """Raise a :class:`DatasetNotFoundError` naming the expected layout if ``path`` is missing."""
-    if not path.exists():
-        raise DatasetNotFoundError(
-            f"{dataset}: expected folder {path} is missing. Expected layout under the data root:\n"
-            f"{layout}"
-        )
-    return path
-
-
-# --- splitting and sampling ---------------------------------------------------------------------
-
-
 def stratified_split(
     labels: np.ndarray, fractions: Sequence[float], seed: int = SPLIT_SEED
 ) -> list[np.ndarray]:
@@ -278,112 +205,23 @@ def array_imageset(
     )
 
 
-# --- embedded datasets --------------------------------------------------------------------------
+def mask_geometry(preprocess: Callable, mask: np.ndarray) -> np.ndarray:
+    """Apply the resize/crop steps of an image ``preprocess`` to a label map (nearest neighbour).
 
-DIGIT_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
-
-
-def load_handwritten_digits(
-    fractions: Sequence[float] = (0.6, 0.2, 0.2), image_size: int = 32
-) -> DatasetSplits:
-    """scikit-learn's 1,797 real handwritten digits (8×8), white ink on black like MNIST.
-
-    The world the embedded CLIP is pretrained on has printed digits only, so these are
-    out of distribution by construction (as MNIST is for internet-trained CLIP).
+    ``preprocess`` is a torchvision ``Compose`` such as ``bundle.preprocess``; its ``Resize`` and
+    ``CenterCrop`` steps are replayed on ``mask`` [H, W] so labels stay aligned with the pixels
+    the model sees. Other steps (tensor conversion, normalisation) do not move pixels.
     """
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    ink = (digits.images / 16.0 * 255.0).round().astype(np.uint8)
-    # Upsample once here (bilinear) so every model sees the same pixels; the model's own
-    # preprocessing then only normalises.
-    big = np.stack(
-        [
-            np.asarray(Image.fromarray(im).resize((image_size, image_size), Image.BILINEAR))
-            for im in ink
-        ]
-    )
-    rgb = np.repeat(big[..., None], 3, axis=-1)
-    labels = digits.target.astype(np.int64)
-    base = ["sklearn-digits", image_size, array_hash(rgb)]
-    parts = stratified_split(labels, fractions)
-    sets = [
-        array_imageset(f"digits/{s}", rgb[i], labels[i], DIGIT_WORDS, [*base, s, array_hash(i)])
-        for s, i in zip(("train", "val", "test"), parts, strict=True)
-    ]
-    return DatasetSplits(
-        "digits", DIGIT_WORDS, *sets, description="scikit-learn handwritten digits"
-    )
-
-
-register_dataset(
-    DatasetSpec(
-        "digits",
-        "embedded",
-        load_handwritten_digits,
-        "scikit-learn's real handwritten digits (1,797 images, 8×8 upsampled): the MNIST-like OOD set",
-        reference_key="MNIST",
-    )
-)
-
-#: Seeds of the world's labelled splits: far from the pretraining stream's seeds.
-_WORLD_SPLIT_SEEDS = {"train": 7_000_001, "val": 7_000_002, "test": 7_000_003}
-
-
-def load_world_task(
-    task: str,
-    style: str,
-    per_class: Sequence[int] = (32, 16, 64),
-    image_size: int = 32,
-) -> DatasetSplits:
-    """A class-labelled view of the generated world: ``task`` in shape/colour/digit, one style.
-
-    ``per_class`` gives the train/val/test images per class; each split is generated from its own
-    fixed seed, disjoint from the seeds used for pretraining.
-    """
-    from . import world
-
-    names = world.class_names(task)
-    sets = []
-    for split, n in zip(("train", "val", "test"), per_class, strict=True):
-        seed = (
-            _WORLD_SPLIT_SEEDS[split]
-            + 1000 * world.LABEL_TASKS.index(task)
-            + 100 * world.STYLES.index(style)
-        )
-        batch = world.generate_labelled(
-            task, style, n * len(names), seed=seed, image_size=image_size
-        )
-        sets.append(
-            array_imageset(
-                f"world-{task}-{style}/{split}",
-                batch.images,
-                batch.labels,
-                list(batch.class_names),
-                ["world", task, style, split, n, image_size, seed, world.fingerprint(image_size)],
-                masks=batch.masks,
-                meta={"task": task, "style": style},
-            )
-        )
-    return DatasetSplits(
-        f"world-{task}-{style}", list(names), *sets, description=f"world {task}s, {style} style"
-    )
-
-
-def _register_world() -> None:
-    from . import world
-
-    for task in world.LABEL_TASKS:
-        for style in world.STYLES:
-            held = " (held out of pretraining)" if style == world.HELD_OUT_STYLE else ""
-            register_dataset(
-                DatasetSpec(
-                    f"world-{task}-{style}",
-                    "embedded",
-                    lambda task=task, style=style, **kw: load_world_task(task, style, **kw),
-                    f"generated world: {task} classification, {style} style{held}",
-                )
-            )
-
-
-_register_world()
+    if mask.ndim != 2:
+        raise ValueError(f"mask must be [H, W], got shape {mask.shape}")
+    img = Image.fromarray(mask.astype(np.uint8), mode="L")
+    for step in getattr(preprocess, "transforms", []):
+        if isinstance(step, T.Resize):
+            img = T.Resize(
+                step.size, interpolation=T.InterpolationMode.NEAREST, max_size=step.max_size
+            )(img)
+        elif isinstance(step, T.CenterCrop):
+            img = T.CenterCrop(step.size)(img)
+        elif isinstance(step, T.RandomResizedCrop | T.RandomCrop):
+            raise ValueError(f"random crop {step} cannot be replayed on a mask")
+    return np.asarray(img, dtype=np.uint8)

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .evaluation import accuracy
+from clipnb.core.evaluation import accuracy
 
 
 class LinearHead(nn.Module):

@@ -3,12 +3,12 @@
 * :func:`evaluate_linear_probe` — logistic regression on frozen features, C chosen on the
   validation split, then the test split read once;
 * :func:`probe_records` — that probe on the full train split and on k-shot draws, as long-format
-  records for :func:`clipnb.report.mean_std_table`;
+  records for :func:`clipnb.core.report.mean_std_table`;
 * :func:`label_probs` / :func:`plot_label_probs` — CLIP's "label probs" example: one image, a few
   texts, the softmax over their similarities;
 * :func:`plot_val_curves` — validation accuracy per epoch of linear heads (the overfitting curve).
 
-Few-shot heads themselves are :mod:`clipnb.heads` and :mod:`clipnb.fewshot`.
+Few-shot heads themselves are :mod:`clipnb.methods.heads` and :mod:`clipnb.methods.few_shot`.
 """
 
 from __future__ import annotations
@@ -21,11 +21,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .data import ImageSet, few_shot_indices
-from .evaluation import PROBE_CS, accuracy, fit_linear_probe
-from .features import SplitFeatures, encode_images, encode_texts
-from .heads import HeadTraining
-from .models import ClipBundle
+from clipnb.core.evaluation import PROBE_CS, accuracy, fit_linear_probe
+from clipnb.core.features import SplitFeatures, encode_images, encode_texts
+from clipnb.core.imagesets import ImageSet, few_shot_indices
+from clipnb.core.models import ClipBundle
+from clipnb.methods.heads import HeadTraining
 
 __all__ = [
     "ProbeEvaluation",

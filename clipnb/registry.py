@@ -11,8 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-PROFILES: tuple[str, ...] = ("embedded", "smoke", "full")
-DEFAULT_PROFILE = "embedded"
+from clipnb.core.profiles import PROFILES
 
 
 @dataclass(frozen=True)

@@ -32,17 +32,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from . import world
-from .data import (
+from clipnb.core.imagesets import (
     DatasetNotFoundError,
-    DatasetSpec,
     DatasetSplits,
     ImageSet,
     ImageSource,
     array_imageset,
-    register_dataset,
 )
-from .utils import atomic_write_bytes, cache_dir, file_hash, stable_hash
+from clipnb.core.utils import atomic_write_bytes, cache_dir, file_hash, stable_hash
+from clipnb.data import world
+from clipnb.data.registry import DatasetSpec, register_dataset
 
 #: Class order of the memes (the same as the full profile's Hateful Memes).
 CLASS_NAMES: list[str] = ["not hateful", "hateful"]
@@ -405,15 +404,17 @@ def load_memes(
     )
 
 
-register_dataset(
-    DatasetSpec(
-        "memes",
-        "embedded",
-        load_memes,
-        "synthetic Hateful-Memes-style set: a world emblem and an invented caption word; "
-        "hateful iff a hidden concept links them",
+def register() -> None:
+    """Register the memes dataset (called once by :func:`clipnb.data.registry.register_all`)."""
+    register_dataset(
+        DatasetSpec(
+            "memes",
+            "embedded",
+            load_memes,
+            "synthetic Hateful-Memes-style set: a world emblem and an invented caption word; "
+            "hateful iff a hidden concept links them",
+        )
     )
-)
 
 
 def without_caption(split: ImageSet, grey: int = 128) -> ImageSet:
@@ -564,7 +565,7 @@ def load_chain_yaml(path: str | os.PathLike) -> ChainSpec:
 
 class _Files(ImageSource):
     def __init__(self, paths: Sequence[Path]) -> None:
-        from .datasets_full import open_rgb
+        from clipnb.data.full import open_rgb
 
         super().__init__(lambda i: open_rgb(paths[i], "aux images"), len(paths))
 

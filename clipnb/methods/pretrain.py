@@ -4,7 +4,7 @@ Training draws its batches from a pool of pre-rendered world images (cached on d
 world's fingerprint and shared by the CLIP and its label-supervised twin), re-captioned on every
 pass, so rendering stays off the training loop. The checkpoint is cached under a key of (config,
 model config, world output); ``ensure_pretrained`` trains only when it is missing, and the result
-loads through :func:`clipnb.models.create_model` like any local checkpoint.
+loads through :func:`clipnb.core.models.create_model` like any local checkpoint.
 """
 
 from __future__ import annotations
@@ -29,9 +29,8 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 from tqdm.auto import tqdm
 
-from . import world
-from .models import MODEL_CONFIG_DIR, ClipBundle, create_model
-from .utils import (
+from clipnb.core.models import MODEL_CONFIG_DIR, ClipBundle, create_model
+from clipnb.core.utils import (
     Stopwatch,
     atomic_torch_save,
     atomic_write_bytes,
@@ -40,6 +39,7 @@ from .utils import (
     seed_everything,
     stable_hash,
 )
+from clipnb.data import world
 
 
 @dataclass(frozen=True)

@@ -1,16 +1,16 @@
 """Decoding frozen CLIP features: the data, the cached features and the training protocol.
 
-The study "what frozen features contain" trains decoders (``clipnb.decoders``) on the frozen
-spatial features of an image tower (``clipnb.spatial``). This module prepares what they train on:
+The study "what frozen features contain" trains decoders (``clipnb.methods.decoders``) on the frozen
+spatial features of an image tower (``clipnb.core.spatial``). This module prepares what they train on:
 
 * ``spatial_feature_cache``: the tower's pre-pooling feature map of every image of a split,
   computed once and cached on disk under a key of (model fingerprint, split fingerprint), like
-  :func:`clipnb.features.encode_images`.
+  :func:`clipnb.core.features.encode_images`.
 * ``pixel_tensors``: the images as ``[0, 1]`` tensors at the reconstruction size.
 * ``segmentation_targets``: per-pixel class maps on the model's input grid: the world's exact
   object masks (``mask · (label + 1)``: background + one class per label) or Oxford-IIIT Pet
   trimaps (background / pet / border).
-* ``fit_on_validation``: :func:`clipnb.decoders.train_decoder` with the training step chosen on
+* ``fit_on_validation``: :func:`clipnb.methods.decoders.train_decoder` with the training step chosen on
   the validation loss; ``vqvae_scores`` / ``segmentation_scores`` score a trained decoder.
 """
 
@@ -24,16 +24,15 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps
 from torch import Tensor, nn
-from torchvision import transforms as T
 from tqdm.auto import tqdm
 
-from . import spatial
-from .data import ImageSet
-from .decoders import codebook_perplexity, miou, psnr, train_decoder, vqvae_loss
-from .evaluation import select_on_validation
-from .features import image_tensors
-from .models import ClipBundle
-from .utils import atomic_torch_save, cache_dir, file_hash, stable_hash
+from clipnb.core import spatial
+from clipnb.core.evaluation import select_on_validation
+from clipnb.core.features import image_tensors
+from clipnb.core.imagesets import ImageSet, mask_geometry
+from clipnb.core.models import ClipBundle
+from clipnb.core.utils import atomic_torch_save, cache_dir, file_hash, stable_hash
+from clipnb.methods.decoders import codebook_perplexity, miou, psnr, train_decoder, vqvae_loss
 
 __all__ = [
     "PET_TRIMAP_CLASSES",
@@ -105,28 +104,6 @@ def pixel_tensors(split: ImageSet, size: int) -> Tensor:
     return torch.from_numpy(out).permute(0, 3, 1, 2).float().div_(255.0)
 
 
-def mask_geometry(preprocess: Callable, mask: np.ndarray) -> np.ndarray:
-    """Apply the resize/crop steps of an image ``preprocess`` to a label map (nearest neighbour).
-
-    ``preprocess`` is a torchvision ``Compose`` such as ``bundle.preprocess``; its ``Resize`` and
-    ``CenterCrop`` steps are replayed on ``mask`` [H, W] so labels stay aligned with the pixels
-    the model sees. Other steps (tensor conversion, normalisation) do not move pixels.
-    """
-    if mask.ndim != 2:
-        raise ValueError(f"mask must be [H, W], got shape {mask.shape}")
-    img = Image.fromarray(mask.astype(np.uint8), mode="L")
-    for step in getattr(preprocess, "transforms", []):
-        if isinstance(step, T.Resize):
-            img = T.Resize(
-                step.size, interpolation=T.InterpolationMode.NEAREST, max_size=step.max_size
-            )(img)
-        elif isinstance(step, T.CenterCrop):
-            img = T.CenterCrop(step.size)(img)
-        elif isinstance(step, T.RandomResizedCrop | T.RandomCrop):
-            raise ValueError(f"random crop {step} cannot be replayed on a mask")
-    return np.asarray(img, dtype=np.uint8)
-
-
 def segmentation_targets(bundle: ClipBundle, split: ImageSet) -> tuple[Tensor, list[str]]:
     """Per-pixel class maps ``[N, S, S]`` (int64, on the model's input grid) and class names.
 
@@ -140,7 +117,7 @@ def segmentation_targets(bundle: ClipBundle, split: ImageSet) -> tuple[Tensor, l
         ]
         names = ["background", *split.class_names]
     elif "trimap" in (split.root or split).meta:
-        from .datasets_full import trimap
+        from clipnb.data.full import trimap
 
         maps = []
         for i in range(len(split)):
@@ -173,10 +150,10 @@ def fit_on_validation(
     eval_every: int,
     **kwargs: Any,
 ) -> dict[str, Any]:
-    """Train with :func:`~clipnb.decoders.train_decoder`, then restore the step chosen on ``val``.
+    """Train with :func:`~clipnb.methods.decoders.train_decoder`, then restore the step chosen on ``val``.
 
     The validation loss is measured every ``eval_every`` steps; the step with the lowest one
-    (first on ties, via :func:`clipnb.evaluation.select_on_validation`) is restored, weights and
+    (first on ties, via :func:`clipnb.core.evaluation.select_on_validation`) is restored, weights and
     buffers (codebook, BatchNorm statistics) alike. ``kwargs`` go to ``train_decoder`` (lr,
     batch_size, seed, desc, progress, ...). Returns its history plus ``best_step`` and
     ``best_val_loss``; the model is left in eval mode at the chosen step.

@@ -16,7 +16,7 @@ meme (the source's setting). Two optional terms fill the hidden links (the sourc
   "hateful" apart from its opposites.
 
 The step (epoch) is chosen on the validation split's AUROC with
-:func:`clipnb.evaluation.select_on_validation`.
+:func:`clipnb.core.evaluation.select_on_validation`.
 """
 
 from __future__ import annotations
@@ -33,12 +33,12 @@ from sklearn.metrics import roc_auc_score
 from torch import nn
 from tqdm.auto import tqdm
 
-from .data import ImageSet
-from .evaluation import select_on_validation
-from .features import encode_images, image_tensors, text_features
-from .finetune import IMAGE_PARTS, TEXT_PARTS, set_trainable
-from .models import ClipBundle
-from .saliency import CamSetting
+from clipnb.core.evaluation import select_on_validation
+from clipnb.core.features import encode_images, image_tensors, text_features
+from clipnb.core.imagesets import ImageSet
+from clipnb.core.models import ClipBundle
+from clipnb.methods.finetune import IMAGE_PARTS, TEXT_PARTS, set_trainable
+from clipnb.methods.saliency import CamSetting
 
 #: The source's prompts with the caption inside (index = class: 0 not hateful, 1 hateful).
 CAPTION_TEMPLATES: tuple[str, str] = (
@@ -160,7 +160,7 @@ class MemeClassifier:
     def cams(self, split: ImageSet, rows: Sequence[int], setting: CamSetting) -> np.ndarray:
         """CAMs ``[len(rows), H, W]`` (``setting``'s method and layer) for class "hateful", with
         each meme's own prompts."""
-        from .gradcam import clip_cams
+        from clipnb.methods.gradcam import clip_cams
 
         rows = [int(r) for r in rows]
         sub = split.subset(rows)
@@ -218,8 +218,8 @@ def grouped_metrics(clf: MemeClassifier, split: ImageSet) -> list[dict[str, floa
 def cam_masses(cams: np.ndarray, masks: np.ndarray) -> pd.DataFrame:
     """Share of each CAM's mass on the emblem (mask 1) and on the caption's text region (mask 2),
     beside each region's share of the image's area (what a uniform map would give)."""
-    from .gradcam import cam_mass_in_mask
-    from .memes import MASK_EMBLEM, MASK_TEXT
+    from clipnb.data.memes import MASK_EMBLEM, MASK_TEXT
+    from clipnb.methods.gradcam import cam_mass_in_mask
 
     masks = np.asarray(masks)
     return pd.DataFrame(
@@ -520,7 +520,7 @@ def metric_table(
     results: pd.DataFrame, columns: Sequence[tuple[str, str]], index: str = "stage"
 ) -> pd.DataFrame:
     """Mean ± std over seeds: one row per ``index`` value, columns "{group} · {metric}" in order."""
-    from .report import mean_std_table
+    from clipnb.core.report import mean_std_table
 
     long = results.melt(
         id_vars=[index, "seed", "group"],
@@ -586,7 +586,7 @@ def cam_rows_figure(
     """One row per model family: the meme, then its Grad-CAM overlays (title, map) side by side."""
     import matplotlib.pyplot as plt
 
-    from .gradcam import overlay
+    from clipnb.methods.gradcam import overlay
 
     width = 1 + max(len(maps) for _, maps in rows)
     fig, axes = plt.subplots(

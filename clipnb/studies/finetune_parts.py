@@ -25,16 +25,16 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import report
-from .data import DATASETS, DIGIT_WORDS, DatasetSplits, ImageSet, few_shot, load_dataset
-from .evaluation import accuracy, select_on_validation
-from .feature_decoding import mask_geometry
-from .features import encode_images, encode_texts, image_tensors, text_features
-from .finetune import IMAGE_PARTS, TEXT_PARTS, finetune, image_pre_projection
-from .gradcam import cam_mass_in_mask, clip_cams
-from .models import ClipBundle
-from .saliency import CamSetting
-from .utils import seed_everything
+from clipnb.core import report
+from clipnb.core.evaluation import accuracy, select_on_validation
+from clipnb.core.features import encode_images, encode_texts, image_tensors, text_features
+from clipnb.core.imagesets import DatasetSplits, ImageSet, few_shot, mask_geometry
+from clipnb.core.models import ClipBundle
+from clipnb.core.utils import seed_everything
+from clipnb.data.registry import DATASETS, DIGIT_WORDS, load_dataset
+from clipnb.methods.finetune import IMAGE_PARTS, TEXT_PARTS, finetune, image_pre_projection
+from clipnb.methods.gradcam import cam_mass_in_mask, clip_cams
+from clipnb.methods.saliency import CamSetting
 
 #: Cache tag of the pooled image features before the projection.
 PRE_PROJECTION_TAG = "image-preproj"
@@ -426,7 +426,7 @@ def cam_grid_figure(
     """Rows: each part × each figure image; columns: the image, zero-shot, then each shot count."""
     import matplotlib.pyplot as plt
 
-    from .gradcam import overlay
+    from clipnb.methods.gradcam import overlay
 
     rows = probe.scorer.pixels[torch.as_tensor(probe.figure_indices)]
     images = report.display_images(bundle, rows)
@@ -470,7 +470,7 @@ def wrong_target_figure(
     beside the map for the forced (wrong) class."""
     import matplotlib.pyplot as plt
 
-    from .gradcam import overlay
+    from clipnb.methods.gradcam import overlay
 
     if probe.wrong_target is None:
         raise ValueError("this CamProbe has no wrong_target")

@@ -20,9 +20,9 @@ from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
 from torch import nn
 from tqdm.auto import tqdm
 
-from .data import DatasetSplits, ImageSet
-from .models import ClipBundle
-from .utils import array_hash, atomic_torch_save, cache_dir, stable_hash
+from clipnb.core.imagesets import DatasetSplits, ImageSet
+from clipnb.core.models import ClipBundle
+from clipnb.core.utils import array_hash, atomic_torch_save, cache_dir, stable_hash
 
 #: The single prompt of the source documents.
 SINGLE_TEMPLATE: tuple[str, ...] = ("a photo of a {}.",)

@@ -1,6 +1,6 @@
 """Published numbers the full profile is compared against (see ``shared/REFERENCE.md``).
 
-Keys are the ``reference_key`` of the registered full-profile datasets (``clipnb.data.DATASETS``),
+Keys are the ``reference_key`` of the registered full-profile datasets (``clipnb.data.registry.DATASETS``),
 so a chapter looks a number up by dataset name with :func:`reference_for`. The embedded profile's
 datasets have no published counterpart (the handwritten digits map to "MNIST" only as an analogue
 and are shown without a reference).
@@ -54,7 +54,7 @@ def reference_for(dataset: str, table: Mapping[str, float] = ZERO_SHOT_VIT_B32) 
     Only full-profile datasets have references; embedded datasets (even the MNIST-like digits)
     return ``None``.
     """
-    from .data import DATASETS
+    from clipnb.data.registry import DATASETS
 
     spec = DATASETS.get(dataset)
     if spec is None or spec.profile != "full" or spec.reference_key is None:

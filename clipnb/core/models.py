@@ -10,18 +10,17 @@ import hashlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import open_clip
 import torch
 from torch import nn
 
-from .utils import PACKAGE_DIR, file_hash, stable_hash
+from clipnb.core.utils import PACKAGE_DIR, file_hash, stable_hash
 
 MODEL_CONFIG_DIR = PACKAGE_DIR / "model_configs"
 open_clip.add_model_config(MODEL_CONFIG_DIR)
 
-#: Models defined by this project (pretrained on the generated world by :mod:`clipnb.pretrain`).
+#: Models defined by this project (pretrained on the generated world by :mod:`clipnb.methods.pretrain`).
 PROJECT_MODELS = tuple(sorted(p.stem for p in MODEL_CONFIG_DIR.glob("*.json")))
 
 
@@ -122,7 +121,7 @@ def create_model(
         raise UnknownModelError(
             f"Unknown model {name!r}. The project's own models: {', '.join(PROJECT_MODELS)}. "
             f"Similar open_clip names: {', '.join(close) or '(none)'}. "
-            "See clipnb.models.list_models() for all of them."
+            "See clipnb.core.models.list_models() for all of them."
         )
     pretrained_str = os.fspath(pretrained) if pretrained is not None else None
     if (
@@ -207,10 +206,3 @@ def model_parts(model: nn.Module) -> dict[str, list[nn.Parameter]]:
         "text_projection": text_proj,
         "image_projection": image_proj,
     }
-
-
-def checkpoint_path_for(name: str, key: str) -> Path:
-    """Where a project model's pretrained checkpoint lives in the cache."""
-    from .utils import cache_dir
-
-    return cache_dir() / "checkpoints" / f"{name}-{key}.pt"

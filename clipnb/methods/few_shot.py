@@ -3,7 +3,7 @@
 A *method* is a function that receives a :class:`FewShotProblem` (the k-shot train features, the
 validation split and the zero-shot classifier, never the test split), chooses its own
 hyper-parameters and epochs on the validation split, and returns a :class:`Fitted` predictor.
-:func:`run_few_shot` draws the k-shot sets with :func:`clipnb.data.few_shot_indices` (so they are the
+:func:`run_few_shot` draws the k-shot sets with :func:`clipnb.core.imagesets.few_shot_indices` (so they are the
 same images as :func:`clipnb.few_shot` would draw), fits every method at every (shots, seed) and reads
 the test split once per final number.
 
@@ -26,14 +26,15 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .adapters import TipAdapter, TipAdapterF, search_alpha_beta
-from .data import few_shot_indices, load_dataset
-from .evaluation import PROBE_CS, accuracy, fit_linear_probe, select_on_validation
-from .features import SINGLE_TEMPLATE, SplitFeatures, class_embeddings, encode_dataset
-from .heads import LinearHead, train_head
-from .models import ClipBundle
-from .saliency import CamSetting
-from .utils import seed_everything
+from clipnb.core.evaluation import PROBE_CS, accuracy, fit_linear_probe, select_on_validation
+from clipnb.core.features import SINGLE_TEMPLATE, SplitFeatures, class_embeddings, encode_dataset
+from clipnb.core.imagesets import few_shot_indices
+from clipnb.core.models import ClipBundle
+from clipnb.core.utils import seed_everything
+from clipnb.data.registry import load_dataset
+from clipnb.methods.heads import LinearHead, train_head
+from clipnb.methods.saliency import CamSetting
+from clipnb.methods.tip_adapter import TipAdapter, TipAdapterF, search_alpha_beta
 
 __all__ = [
     "ALPHA_FRACTIONS",
@@ -41,14 +42,11 @@ __all__ = [
     "FeatureTask",
     "FewShotProblem",
     "Fitted",
-    "cam_grid_figure",
     "cams_over_shots",
     "few_shot_problem",
     "head_method",
     "linear_probe_method",
     "load_feature_task",
-    "plot_accuracy_vs_shots",
-    "plot_alpha_beta_grid",
     "run_few_shot",
     "tip_adapter_f_method",
     "tip_adapter_method",
@@ -155,7 +153,7 @@ def run_few_shot(
     """Fit every method at every (shots, seed) and score it once on the test split.
 
     Returns long-format records: ``dataset, method, shots, seed, accuracy`` (test, %) plus what
-    each method chose on validation (its ``info``), ready for :func:`clipnb.report.mean_std_table`.
+    each method chose on validation (its ``info``), ready for :func:`clipnb.core.report.mean_std_table`.
     """
     if not methods:
         raise ValueError("methods is empty; pass e.g. {'zero-shot': zero_shot_method()}.")
@@ -223,7 +221,7 @@ def head_method(
 ) -> Method:
     """A linear head (zero-shot or random init) trained with Adam; epoch (and lr) chosen on val.
 
-    Uses :class:`clipnb.heads.LinearHead` and :func:`clipnb.heads.train_head` (epoch 0, the
+    Uses :class:`clipnb.methods.heads.LinearHead` and :func:`clipnb.methods.heads.train_head` (epoch 0, the
     initial head, is a candidate: a zero-shot-initialised head never falls below zero-shot on val).
     ``lr`` may be a sequence: each is trained and the best validation accuracy wins (first on ties).
     """
@@ -376,10 +374,10 @@ def cams_over_shots(
 
     At each shot count the method is fitted on the k-shot draw of ``seed`` (choices on val, as in
     :func:`run_few_shot`) and its predictor, which must be differentiable in the normalised image
-    embedding (zero-shot, heads, Tip-Adapter), becomes :class:`clipnb.gradcam.ClipGradCAM`'s
+    embedding (zero-shot, heads, Tip-Adapter), becomes :class:`clipnb.methods.gradcam.ClipGradCAM`'s
     ``logit_fn``; the map is for ``classes[b]`` on image ``b``.
     """
-    from .gradcam import clip_cams
+    from clipnb.methods.gradcam import clip_cams
 
     maps: dict[int, np.ndarray] = {}
     for k in shots:
@@ -389,114 +387,3 @@ def cams_over_shots(
             bundle.model, None, setting, pixels, list(classes), logit_fn=fitted.predict
         )
     return maps
-
-
-# ----------------------------------------------------------------------------- figures
-
-
-def cam_grid_figure(
-    images: np.ndarray,
-    maps: Mapping[str, np.ndarray],
-    row_labels: Sequence[str],
-    size: float = 1.35,
-):
-    """One row per image: the image, then its CAM overlay for every entry of ``maps``.
-
-    ``images`` is uint8 ``[B, H, W, 3]`` (e.g. :func:`clipnb.report.display_images`), each map ``[B, H, W]``;
-    column titles come from the keys of ``maps``, row titles from ``row_labels``.
-    """
-    from .gradcam import overlay
-    from .report import image_grid
-
-    tiles, titles = [], []
-    for b, label in enumerate(row_labels):
-        tiles.append(images[b])
-        titles.append(f"input: {label}" if b == 0 else label)
-        for name, cams in maps.items():
-            tiles.append(overlay(images[b], cams[b]))
-            titles.append(name if b == 0 else "")
-    return image_grid(tiles, titles, ncols=1 + len(maps), size=size)
-
-
-def plot_accuracy_vs_shots(
-    records: Sequence[Mapping[str, Any]],
-    methods: Sequence[str] | None = None,
-    shots: Sequence[int] | None = None,
-    ncols: int = 3,
-    titles: Mapping[str, str] | None = None,
-):
-    """Test accuracy vs shots, one panel per dataset, mean line and ± std band over seeds.
-
-    ``methods`` and ``shots`` restrict and order what is drawn (default: all, in record order).
-    """
-    import matplotlib.pyplot as plt
-    import pandas as pd
-
-    df = pd.DataFrame.from_records(list(records))
-    if shots is not None:
-        df = df[df["shots"].isin(list(shots))]
-    methods = list(methods) if methods is not None else list(dict.fromkeys(df["method"]))
-    datasets = list(dict.fromkeys(df["dataset"]))
-    ncols = max(1, min(ncols, len(datasets)))
-    nrows = int(np.ceil(len(datasets) / ncols))
-    fig, axes = plt.subplots(
-        nrows, ncols, figsize=(4.2 * ncols, 3.4 * nrows), squeeze=False, sharey=False
-    )
-    for ax in axes.flat[len(datasets) :]:
-        ax.axis("off")
-    for ax, dataset in zip(axes.flat, datasets, strict=False):
-        for i, method in enumerate(methods):
-            rows = df[(df["dataset"] == dataset) & (df["method"] == method)]
-            if rows.empty:
-                continue
-            stats = rows.groupby("shots")["accuracy"].agg(["mean", lambda v: float(np.std(v))])
-            x, mean, std = stats.index.to_numpy(), stats.iloc[:, 0], stats.iloc[:, 1]
-            ax.plot(x, mean, "o-", ms=3.5, color=f"C{i}", label=method)
-            ax.fill_between(x, mean - std, mean + std, color=f"C{i}", alpha=0.18, lw=0)
-        ticks = sorted(df.loc[df["dataset"] == dataset, "shots"].unique())
-        ax.set_xscale("log", base=2)
-        ax.set_xticks(ticks, [str(t) for t in ticks])
-        ax.minorticks_off()
-        ax.set(
-            title=(titles or {}).get(dataset, dataset),
-            xlabel="shots per class",
-            ylabel="test accuracy (%)",
-        )
-    axes.flat[0].legend(fontsize=8)
-    fig.tight_layout()
-    return fig
-
-
-def plot_alpha_beta_grid(
-    grid: np.ndarray,
-    alpha_fractions: Sequence[float],
-    betas: Sequence[float],
-    title: str = "",
-):
-    """Heatmap of validation accuracy over Tip-Adapter's (alpha / logit scale, beta) grid.
-
-    ``grid`` is :func:`clipnb.adapters.search_alpha_beta`'s ``[len(alphas), len(betas)]`` array
-    of accuracies in [0, 1]; each cell is labelled with its value in percent.
-    """
-    import matplotlib.pyplot as plt
-
-    values = 100 * np.asarray(grid, dtype=float)
-    fig, ax = plt.subplots(figsize=(1.2 + 0.75 * len(betas), 1.0 + 0.42 * len(alpha_fractions)))
-    image = ax.imshow(values, cmap="viridis", aspect="auto")
-    middle = (np.nanmax(values) + np.nanmin(values)) / 2
-    for (i, j), v in np.ndenumerate(values):
-        colour = "black" if v > middle else "white"
-        ax.text(j, i, f"{v:.0f}", ha="center", va="center", fontsize=8, color=colour)
-    ax.set(
-        xticks=range(len(betas)),
-        xticklabels=[f"{b:g}" for b in betas],
-        yticks=range(len(alpha_fractions)),
-        yticklabels=[f"{a:g}" for a in alpha_fractions],
-        xlabel="β",
-        ylabel="α / logit scale",
-        title=title,
-    )
-    ax.grid(False)
-    fig.colorbar(image, ax=ax, label="validation accuracy (%)")
-    fig.tight_layout()
-    return fig

@@ -1,12 +1,12 @@
 """The full profile's datasets, read lazily from the user's data root (``DATA=``).
 
 Each loader accepts an on-disk layout peers already use (torchvision's, CoOp's, DomainBed's, the
-Hateful Memes release) and returns :class:`~clipnb.data.DatasetSplits` whose images are decoded
+Hateful Memes release) and returns :class:`~clipnb.core.imagesets.DatasetSplits` whose images are decoded
 only when asked for. Nothing is ever downloaded: a missing folder or file raises a
-:class:`~clipnb.data.DatasetNotFoundError` that shows the expected layout.
+:class:`~clipnb.core.imagesets.DatasetNotFoundError` that shows the expected layout.
 
 Splits: a dataset's own val split is used where it has one; otherwise a validation split is carved
-from train (90/10, stratified by class, seed :data:`~clipnb.data.SPLIT_SEED`). ImageFolder and
+from train (90/10, stratified by class, seed :data:`~clipnb.core.imagesets.SPLIT_SEED`). ImageFolder and
 DomainBed datasets are split 60/20/20 (DomainBed stratified by domain and class). Every build
 accepts ``max_per_split`` to keep a deterministic, stratified subsample of each split.
 """
@@ -25,19 +25,16 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .data import (
-    DIGIT_WORDS,
+from clipnb.core.imagesets import (
     SPLIT_SEED,
     DatasetNotFoundError,
-    DatasetSpec,
     DatasetSplits,
     ImageSet,
     ImageSource,
-    register_dataset,
-    require_folder,
     stratified_split,
 )
-from .utils import array_hash, stable_hash
+from clipnb.core.utils import array_hash, stable_hash
+from clipnb.data.registry import DIGIT_WORDS, DatasetSpec, register_dataset, require_folder
 
 #: Bumped when the way a fingerprint is computed changes (so old cache entries are not reused).
 FINGERPRINT_VERSION = 1
@@ -1204,68 +1201,74 @@ def _register(
     )
 
 
-_register(
-    "mnist",
-    build_mnist,
-    "MNIST handwritten digits (60,000 train, 10,000 test)",
-    MNIST_LAYOUT,
-    "MNIST",
-)
-_register(
-    "cifar10",
-    build_cifar10,
-    "CIFAR-10 (50,000 train, 10,000 test, 32×32)",
-    CIFAR10_LAYOUT,
-    "CIFAR-10",
-)
-_register(
-    "cifar100",
-    build_cifar100,
-    "CIFAR-100, fine labels (50,000 train, 10,000 test)",
-    CIFAR100_LAYOUT,
-    "CIFAR-100",
-)
-_register(
-    "flowers102",
-    build_flowers102,
-    "Oxford Flowers102 (CoOp split when present, else torchvision's)",
-    FLOWERS_LAYOUT,
-    "Flowers102",
-)
-_register("food101", build_food101, "Food-101 (75,750 train, 25,250 test)", FOOD_LAYOUT, "Food101")
-_register(
-    "oxford_pets",
-    build_oxford_pets,
-    "Oxford-IIIT Pets, 37 breeds, with segmentation trimaps",
-    PETS_LAYOUT,
-    "Oxford Pets",
-)
-_register(
-    "animals",
-    build_animals,
-    "Animals ImageFolder (Animals-90 style), 60/20/20",
-    ANIMALS_LAYOUT,
-    "Animals90",
-)
-_register("pacs", build_pacs, "PACS, DomainBed layout (4 domains, 7 classes)", PACS_LAYOUT, "PACS")
-_register(
-    "office_home",
-    build_office_home,
-    "OfficeHome, DomainBed layout (4 domains, 65 classes)",
-    OFFICE_HOME_LAYOUT,
-    "OfficeHome",
-)
-_register(
-    "hateful_memes",
-    build_hateful_memes,
-    "Hateful Memes (images with captions; 2 classes)",
-    HATEFUL_LAYOUT,
-    None,
-)
-_register(
-    "fgvc_aircraft",
-    build_fgvc_aircraft,
-    "FGVC-Aircraft, 100 variants (official train/val/test lists)",
-    AIRCRAFT_LAYOUT,
-    None,
-)
+def register() -> None:
+    """Register the full profile's datasets (called once by :func:`clipnb.data.registry.register_all`)."""
+    _register(
+        "mnist",
+        build_mnist,
+        "MNIST handwritten digits (60,000 train, 10,000 test)",
+        MNIST_LAYOUT,
+        "MNIST",
+    )
+    _register(
+        "cifar10",
+        build_cifar10,
+        "CIFAR-10 (50,000 train, 10,000 test, 32×32)",
+        CIFAR10_LAYOUT,
+        "CIFAR-10",
+    )
+    _register(
+        "cifar100",
+        build_cifar100,
+        "CIFAR-100, fine labels (50,000 train, 10,000 test)",
+        CIFAR100_LAYOUT,
+        "CIFAR-100",
+    )
+    _register(
+        "flowers102",
+        build_flowers102,
+        "Oxford Flowers102 (CoOp split when present, else torchvision's)",
+        FLOWERS_LAYOUT,
+        "Flowers102",
+    )
+    _register(
+        "food101", build_food101, "Food-101 (75,750 train, 25,250 test)", FOOD_LAYOUT, "Food101"
+    )
+    _register(
+        "oxford_pets",
+        build_oxford_pets,
+        "Oxford-IIIT Pets, 37 breeds, with segmentation trimaps",
+        PETS_LAYOUT,
+        "Oxford Pets",
+    )
+    _register(
+        "animals",
+        build_animals,
+        "Animals ImageFolder (Animals-90 style), 60/20/20",
+        ANIMALS_LAYOUT,
+        "Animals90",
+    )
+    _register(
+        "pacs", build_pacs, "PACS, DomainBed layout (4 domains, 7 classes)", PACS_LAYOUT, "PACS"
+    )
+    _register(
+        "office_home",
+        build_office_home,
+        "OfficeHome, DomainBed layout (4 domains, 65 classes)",
+        OFFICE_HOME_LAYOUT,
+        "OfficeHome",
+    )
+    _register(
+        "hateful_memes",
+        build_hateful_memes,
+        "Hateful Memes (images with captions; 2 classes)",
+        HATEFUL_LAYOUT,
+        None,
+    )
+    _register(
+        "fgvc_aircraft",
+        build_fgvc_aircraft,
+        "FGVC-Aircraft, 100 variants (official train/val/test lists)",
+        AIRCRAFT_LAYOUT,
+        None,
+    )

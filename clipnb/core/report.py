@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .evaluation import mean_std
+from clipnb.core.evaluation import mean_std
 
 
 def set_style() -> None:

@@ -5,13 +5,13 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import numpy as np
 import torch
 from sklearn.linear_model import LogisticRegression
 
-from .utils import one_blas_thread
+from clipnb.core.utils import one_blas_thread
 
 T = TypeVar("T")
 
@@ -94,19 +94,3 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
     """Mean and (population) std over seeds."""
     arr = np.asarray(values, dtype=float)
     return float(arr.mean()), float(arr.std())
-
-
-def fmt_mean_std(values: Sequence[float], digits: int = 1) -> str:
-    m, s = mean_std(values)
-    return f"{m:.{digits}f} ± {s:.{digits}f}"
-
-
-def summarise(records: list[dict[str, Any]], by: Sequence[str], value: str = "accuracy"):
-    """Group long-format records and return a DataFrame with mean, std and n over seeds."""
-    import pandas as pd
-
-    df = pd.DataFrame.from_records(records)
-    grouped = df.groupby(list(by), sort=False)[value]
-    out = grouped.agg(["mean", "std", "count"]).reset_index()
-    out["std"] = grouped.agg(lambda v: float(np.std(v))).to_numpy()
-    return out

@@ -34,7 +34,7 @@ from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.base_cam import BaseCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-from .saliency import CamSetting, layer_module
+from clipnb.methods.saliency import CamSetting, layer_module
 
 __all__ = [
     "ClipClassifier",
@@ -186,7 +186,7 @@ def _visual_tower(model: torch.nn.Module) -> torch.nn.Module:
 def target_layers_for(model: torch.nn.Module, layer: str | None = None) -> list[torch.nn.Module]:
     """The layer(s) Grad-CAM should explain for an open_clip model.
 
-    ``layer`` names a block of :func:`clipnb.saliency.cam_layers` (``"block 3"``, ``"layer4"``;
+    ``layer`` names a block of :func:`clipnb.methods.saliency.cam_layers` (``"block 3"``, ``"layer4"``;
     ``""`` = the top one). Without it, pytorch-grad-cam's usual choice for ViTs: the first
     LayerNorm of the last residual block (``resblocks[-1].ln_1``), whose output still holds one
     token per patch; for ModifiedResNet the last bottleneck of ``layer4``.

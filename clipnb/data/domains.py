@@ -19,8 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from .data import DatasetSplits, ImageSet, ImageSource, load_dataset
-from .utils import stable_hash
+from clipnb.core.imagesets import DatasetSplits, ImageSet, ImageSource
+from clipnb.core.utils import stable_hash
+from clipnb.data.registry import load_dataset
 
 #: Multi-domain datasets whose loader takes ``test_domain=`` (DomainBed layout), with their domains.
 DOMAINBED_DOMAINS: dict[str, tuple[str, ...]] = {}
@@ -28,7 +29,7 @@ DOMAINBED_DOMAINS: dict[str, tuple[str, ...]] = {}
 
 def _domainbed_domains() -> dict[str, tuple[str, ...]]:
     if not DOMAINBED_DOMAINS:
-        from .datasets_full import OFFICE_HOME_DOMAINS, PACS_DOMAINS
+        from clipnb.data.full import OFFICE_HOME_DOMAINS, PACS_DOMAINS
 
         DOMAINBED_DOMAINS.update({"pacs": PACS_DOMAINS, "office_home": OFFICE_HOME_DOMAINS})
     return DOMAINBED_DOMAINS
@@ -58,7 +59,7 @@ def domain_benchmarks(names: Sequence[str]) -> list[Benchmark]:
     domains, at least two); a DomainBed dataset name (``pacs``, ``office_home``) is a benchmark
     on its own.
     """
-    from . import world
+    from clipnb.data import world
 
     grouped: dict[str, dict[str, str]] = {}
     out: list[str] = []

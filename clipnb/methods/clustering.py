@@ -31,7 +31,7 @@ from sklearn.metrics import (
 )
 from sklearn.preprocessing import normalize
 
-from .utils import one_blas_thread
+from clipnb.core.utils import one_blas_thread
 
 __all__ = [
     "CLUSTER_METRICS",
@@ -308,7 +308,7 @@ def clustering_records(
 
     ``features`` maps ``(backbone, dataset)`` to the ``(x, y)`` to cluster (or a SplitFeatures).
     Returns long-format records ``{backbone, dataset, seed, metric, score}``, one per metric of
-    :data:`CLUSTER_METRICS` plus ``"average"``, ready for :func:`clipnb.report.mean_std_table`.
+    :data:`CLUSTER_METRICS` plus ``"average"``, ready for :func:`clipnb.core.report.mean_std_table`.
     The same inputs and seeds give the same records.
     """
     from tqdm.auto import tqdm
@@ -339,11 +339,11 @@ def noisy_probe(
     training labels are flipped with :func:`flip_labels` (seed ``seed``), and so are the validation
     labels (seed ``seed + VAL_FLIP_OFFSET``): the labels a user has all come from the same noisy
     labeller. ``C`` is chosen on that noisy validation split with
-    :func:`clipnb.evaluation.fit_linear_probe`; symmetric noise keeps the ranking of candidates in
+    :func:`clipnb.core.evaluation.fit_linear_probe`; symmetric noise keeps the ranking of candidates in
     expectation (noisy accuracy is an increasing function of clean accuracy while
     ``noise < 1 - 1/K``). The test labels stay clean and are read once. Returns ``(accuracy, C)``.
     """
-    from .evaluation import accuracy, fit_linear_probe
+    from clipnb.core.evaluation import accuracy, fit_linear_probe
 
     (xtr, ytr), (xva, yva), (xte, yte) = _xy(train), _xy(val), _xy(test)
     n_classes = int(max(ytr.max(), yva.max(), yte.max())) + 1
@@ -368,14 +368,14 @@ def label_noise_records(
     """Few-shot probes under label noise for every (backbone, dataset), shots, noise and seed.
 
     ``features`` maps ``(backbone, dataset)`` to ``{"train", "val", "test"}`` splits (``(x, y)`` or
-    SplitFeatures, e.g. :func:`clipnb.features.encode_dataset`). For each seed, ``shots`` examples
-    per class are drawn from train with :func:`clipnb.data.few_shot_indices` (the same draw for
+    SplitFeatures, e.g. :func:`clipnb.core.features.encode_dataset`). For each seed, ``shots`` examples
+    per class are drawn from train with :func:`clipnb.core.imagesets.few_shot_indices` (the same draw for
     every backbone and noise level), then scored by :func:`noisy_probe`. Returns records
     ``{backbone, dataset, shots, noise, seed, C, accuracy}`` (accuracy in %).
     """
     from tqdm.auto import tqdm
 
-    from .data import few_shot_indices
+    from clipnb.core.imagesets import few_shot_indices
 
     jobs = [
         (key, int(k), float(p), int(s))

@@ -42,8 +42,8 @@ from scipy.stats import rankdata
 from torch import nn
 from tqdm.auto import tqdm
 
-from .models import ClipBundle
-from .utils import array_hash, atomic_write_bytes, cache_dir, stable_hash
+from clipnb.core.models import ClipBundle
+from clipnb.core.utils import array_hash, atomic_write_bytes, cache_dir, stable_hash
 
 __all__ = [
     "CAM_METHODS",
@@ -419,10 +419,10 @@ class MaskedImages:
 def masked_images(bundle: ClipBundle, protocol: Protocol) -> MaskedImages:
     """``protocol.n_images`` validation images of ``protocol.dataset``, spread evenly over the
     split, with masks: the world's object masks, or the pet and its border from a trimap."""
-    from .data import load_dataset
-    from .datasets_full import trimap
-    from .feature_decoding import mask_geometry
-    from .features import image_tensors
+    from clipnb.core.features import image_tensors
+    from clipnb.core.imagesets import mask_geometry
+    from clipnb.data.full import trimap
+    from clipnb.data.registry import load_dataset
 
     world = protocol.dataset.startswith("world-")
     if world:
@@ -486,7 +486,7 @@ def validated_setting(
     bundle: ClipBundle, profile: str, progress: bool = True
 ) -> SaliencyValidation:
     """The profile's protocol run on ``bundle`` (cached on disk: every chapter asks for it)."""
-    from .gradcam import clip_cams
+    from clipnb.methods.gradcam import clip_cams
 
     if profile not in PROTOCOLS:
         raise ValueError(f"No saliency protocol for profile {profile!r}: {', '.join(PROTOCOLS)}.")
@@ -497,7 +497,7 @@ def validated_setting(
     if path.exists():
         with open(path, "rb") as f:
             return pickle.load(f)
-    from .features import class_embeddings
+    from clipnb.core.features import class_embeddings
 
     class_features = class_embeddings(bundle, images.class_names)
 
@@ -540,7 +540,7 @@ SCORE_LABELS = {
 
 def validation_table(result: SaliencyValidation) -> pd.DataFrame:
     """Mean ± std over seeds per (method, layer), with the no-model baselines as last rows."""
-    from .report import mean_std_table
+    from clipnb.core.report import mean_std_table
 
     scores = list(SCORE_LABELS)
     rows = pd.concat([result.table, result.baselines.assign(rho_random=np.nan)])
@@ -593,9 +593,9 @@ def example_figure(
     mass in mask of the images shown."""
     import matplotlib.pyplot as plt
 
-    from .features import class_embeddings
-    from .gradcam import clip_cams, overlay
-    from .report import display_images
+    from clipnb.core.features import class_embeddings
+    from clipnb.core.report import display_images
+    from clipnb.methods.gradcam import clip_cams, overlay
 
     images = masked_images(bundle, result.protocol)
     rows = np.linspace(0, len(images.classes) - 1, n_images).round().astype(np.int64)
@@ -641,7 +641,7 @@ def example_figure(
 
 def verdicts(result: SaliencyValidation) -> dict[str, str]:
     """The sentences the chapters cite: the choice, who fails the check, and against what."""
-    from .report import join_words
+    from clipnb.core.report import join_words
 
     means = result.table.groupby(["method", "layer"], sort=False).mean(numeric_only=True)
     per_method = means.groupby(level="method", sort=False).rho_random.min()

@@ -1,0 +1,1 @@
+"""Datasets: the generated world, the memes, the full profile's real datasets, the registry."""

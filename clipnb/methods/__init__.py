@@ -1,0 +1,1 @@
+"""Reusable, study-agnostic methods: pretraining, heads, adapters, finetuning, saliency, decoders."""
