@@ -85,6 +85,12 @@ def glue_all(verdicts: dict[str, str]) -> None:
         glue_words(name, text)
 
 
+def glue_numbers(numbers: dict[str, float]) -> None:
+    """Glue every number of a study's ``numbers`` (cast to ``float``) for the prose to cite."""
+    for name, value in numbers.items():
+        glue(name, float(value))
+
+
 def join_words(items: Sequence[str], empty: str = "none") -> str:
     """``["a", "b", "c"]`` -> ``"a, b and c"``: a list inside a computed sentence."""
     items = list(items)

@@ -1,4 +1,4 @@
-"""Checks behind the chapter "Few-shot initialisation" (LinearHead itself: tests/test_finetune.py)."""
+"""Checks behind the chapter "Few-shot initialisation" (LinearHead itself: tests/methods/test_finetune.py)."""
 
 from __future__ import annotations
 

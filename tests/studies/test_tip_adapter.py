@@ -1,7 +1,7 @@
 """Tests for the Tip-Adapter study: clipnb.fewshot's protocol and methods, and the CAM target.
 
 The unit tests of the adapter itself (formula, alpha = 0, a cached query, the grid search and
-Tip-Adapter-F's epoch selection) are in tests/test_adapters.py; these check the study level.
+Tip-Adapter-F's epoch selection) are in tests/methods/test_tip_adapter.py; these check the study level.
 """
 
 from __future__ import annotations

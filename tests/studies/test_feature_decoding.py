@@ -2,7 +2,7 @@
 
 The issue's own checks (the tower is unchanged after decoder training, the EMA codebook update
 matches its formula, mIoU is 1 for a perfect and 0 for a disjoint prediction) live in
-tests/test_decoders.py; here: the study's data helpers and the validation-chosen training step.
+tests/methods/test_decoders.py; here: the study's data helpers and the validation-chosen training step.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Tests for the CLIPood study: domain splits, base-to-new halves, the experiment runner.
 
 The loss identities (lambda = 0 is cross-entropy, zero-diagonal margins, beta = 1 is the uniform
-average) are tested on the pieces in tests/test_losses.py; here they are checked again through
+average) are tested on the pieces in tests/methods/test_clipood.py; here they are checked again through
 ``finetune``, on the path the study takes.
 """
 

@@ -14,7 +14,7 @@ from scipy.ndimage import sobel
 from clipnb.methods import saliency
 from clipnb.methods.gradcam import clip_cams, target_layers_for
 from clipnb.methods.saliency import CamSetting
-from tests.test_gradcam import make_tiny_vit, unit_rows
+from tests.methods.test_gradcam import make_tiny_vit, unit_rows
 
 SIZE = 32
 SQUARE = (slice(8, 16), slice(18, 26))  # rows, columns of the object
