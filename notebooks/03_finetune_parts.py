@@ -49,15 +49,16 @@ import numpy as np
 import pandas as pd
 
 import clipnb
-from clipnb.core import profiles, report
+from clipnb.core import report
 from clipnb.methods import saliency
+from clipnb.methods.backbones import load_model
 from clipnb.methods.finetune import PARTS, prompt_texts
 from clipnb.studies import finetune_parts
 
 started, cpu_started = time.perf_counter(), time.process_time()
 clipnb.seed_everything(seeds[0])
 report.set_style()
-bundle = profiles.load_model(profile)
+bundle = load_model(profile)
 cam_validation = saliency.validated_setting(bundle, profile)
 report.glue_words("cam_reading", saliency.reading(cam_validation))
 report.glue_words("cam_setting", cam_validation.setting.label())

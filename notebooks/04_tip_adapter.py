@@ -52,9 +52,10 @@ import pandas as pd
 import torch
 
 import clipnb
-from clipnb.core import profiles, report
+from clipnb.core import report
 from clipnb.core.features import image_tensors
 from clipnb.methods import few_shot, saliency
+from clipnb.methods.backbones import load_model
 from clipnb.methods.gradcam import cam_mass_in_mask
 from clipnb.methods.tip_adapter import TipAdapter, TipAdapterF, search_alpha_beta
 from clipnb.studies import finetune_parts
@@ -63,7 +64,7 @@ from clipnb.studies import tip_adapter as tip_adapter_figures
 started = time.perf_counter()
 clipnb.seed_everything(seeds[0])
 report.set_style()
-bundle = profiles.load_model(profile)
+bundle = load_model(profile)
 cam_validation = saliency.validated_setting(bundle, profile)
 cam_setting = cam_validation.setting
 report.glue_words("cam_setting", cam_setting.label())
