@@ -51,7 +51,7 @@ from clipnb.methods.finetune import (
 )
 from clipnb.methods.gradcam import cam_mass_in_mask, clip_cams
 from clipnb.methods.saliency import CamSetting
-from clipnb.studies.verdicts import join_words
+from clipnb.studies.verdicts import compare, join_words
 
 #: Cache tag of the pooled image features before the projection.
 PRE_PROJECTION_TAG = "image-preproj"
@@ -1080,13 +1080,12 @@ def forced_vs_true(row: Mapping[str, float] | None) -> str:
     cols = ["true_spread", "true_mass", "forced_spread", "forced_mass"]
     if row is None or not np.isfinite([float(row.get(c, np.nan)) for c in cols]).all():
         return "not measured (no forced target on this dataset)"
-    gap = row["forced_spread"] - row["true_spread"]
-    if gap > 0.01:
-        spread = "more diffuse than"
-    elif gap < -0.01:
-        spread = "less diffuse than"
-    else:
-        spread = "as diffuse as"
+    spread = compare(
+        row["forced_spread"],
+        row["true_spread"],
+        0.01,
+        ("more diffuse than", "less diffuse than", "as diffuse as"),
+    )
     mass = "less" if row["forced_mass"] < row["true_mass"] else "no less"
     return f"{spread} the true map, with {mass} of its mass on the ink"
 
