@@ -20,7 +20,7 @@ from clipnb.core.features import SplitFeatures, image_tensors
 from clipnb.methods import few_shot
 from clipnb.methods.saliency import CamSetting
 from clipnb.methods.tip_adapter import TipAdapter
-from clipnb.studies import tip_adapter as tip_adapter_figures
+from clipnb.studies import tip_adapter as tip_study
 
 LOGIT_SCALE = 50.0
 
@@ -181,11 +181,9 @@ def test_run_few_shot_is_deterministic_and_shaped_for_tables() -> None:
     assert all({"dataset", "method", "shots", "seed", "accuracy"} <= r.keys() for r in a)
     table = report.mean_std_table(a, "method", "shots")
     assert table.shape == (len(methods), 1)
-    fig = tip_adapter_figures.plot_accuracy_vs_shots(a)
+    fig = tip_study.plot_accuracy_vs_shots(a)
     assert len(fig.axes) == 1
-    fig = tip_adapter_figures.plot_alpha_beta_grid(
-        np.full((2, 3), 0.5), [0.0, 1.0], [1.0, 2.0, 5.0]
-    )
+    fig = tip_study.plot_alpha_beta_grid(np.full((2, 3), 0.5), [0.0, 1.0], [1.0, 2.0, 5.0])
     assert fig.axes[0].images[0].get_array().shape == (2, 3)
     with pytest.raises(ValueError, match="methods"):
         few_shot.run_few_shot(task, {}, [1], [0])
@@ -239,9 +237,7 @@ def test_tip_adapter_cams_over_shots() -> None:
     shown = report.display_images(bundle, pixels)
     assert shown.shape == (3, bundle.image_size, bundle.image_size, 3) and shown.dtype == np.uint8
     np.testing.assert_allclose(shown.astype(int), data.test.images[rows].astype(int), atol=2)
-    fig = tip_adapter_figures.cam_grid_figure(
-        shown, {"zero-shot": zs[1], "1 shot": tip[1]}, ["a", "b", "c"]
-    )
+    fig = tip_study.cam_grid_figure(shown, {"zero-shot": zs[1], "1 shot": tip[1]}, ["a", "b", "c"])
     assert len([ax for ax in fig.axes if ax.images]) == 3 * 3
 
 
@@ -249,7 +245,7 @@ def test_tip_adapter_cams_over_shots() -> None:
 # numbers and verdicts, on hand-made results
 # --------------------------------------------------------------------------------------------
 
-METHODS = list(tip_adapter_figures.METHOD_KEYS.values())
+METHODS = list(tip_study.METHOD_KEYS.values())
 BASE = {
     "zero-shot": 20.0,
     "linear probe": 30.0,
@@ -268,7 +264,7 @@ def make_sweep(
     alpha_fraction: float = 1.0,
     beta: float = 20.0,
     lr: float = 1e-3,
-) -> tip_adapter_figures.Sweep:
+) -> tip_study.Sweep:
     """One seed of every method at 1 and 4 shots (and 5 on the first dataset, the table's):
     the accuracies of ``BASE`` unless ``accuracy`` gives ``(dataset, method, shots)`` or
     ``(dataset, method)``; every Tip-Adapter run chose ``alpha_fraction`` and ``beta``, every
@@ -285,7 +281,7 @@ def make_sweep(
                 if m == "Tip-Adapter-F":
                     record |= {"epoch": 3.0, "lr": lr}
                 records.append(record)
-    return tip_adapter_figures.Sweep(
+    return tip_study.Sweep(
         records=records,
         methods=METHODS,
         datasets=list(datasets),
@@ -298,13 +294,13 @@ def make_sweep(
 
 
 def make_results(
-    sweep: tip_adapter_figures.Sweep | None = None,
+    sweep: tip_study.Sweep | None = None,
     val_grid: np.ndarray | None = None,
     alpha_fractions: list[float] = FRACTIONS,
     paper_curve: list[float] = (2.0, 1.5, 1.0),
     mass: list[float] | None = None,
     mask_area: float = 0.2,
-) -> tip_adapter_figures.Results:
+) -> tip_study.Results:
     """Results around ``sweep``: a validation grid whose zero-shot row scores 0.2 and best cell
     0.6 (at the paper's alpha: 0.3), and CAM masses (%) at 0, 1 and 4 shots (None: no masks)."""
     if val_grid is None:
@@ -314,7 +310,7 @@ def make_results(
         table = pd.DataFrame(
             {"shots (0 = zero-shot)": [0, *SHOTS], "CAM mass on the object (%)": mass}
         ).set_index("shots (0 = zero-shot)")
-    return tip_adapter_figures.Results(
+    return tip_study.Results(
         sweep=sweep or make_sweep(),
         logit_scale=14.0,
         alpha_fractions=alpha_fractions,
@@ -331,15 +327,15 @@ def make_results(
 
 
 def verdict(key: str, **kwargs) -> str:
-    return tip_adapter_figures.verdicts(make_results(**kwargs))[key]
+    return tip_study.verdicts(make_results(**kwargs))[key]
 
 
 def test_numbers_have_the_glue_keys_the_prose_cites(repo):
     import re
 
     results = make_results(mass=[30.0, 31.0, 35.0])
-    numbers = tip_adapter_figures.numbers(results)
-    verdicts = tip_adapter_figures.verdicts(results)
+    numbers = tip_study.numbers(results)
+    verdicts = tip_study.verdicts(results)
     text = (repo / "notebooks" / "04_tip_adapter.py").read_text()
     assert set(re.findall(r"\{glue:text\}`(\w+)", text)) - set(numbers) == {"wall_seconds"}
     assert set(re.findall(r"\{glue:md\}`(\w+)`", text)) == set(verdicts)
@@ -359,7 +355,7 @@ def test_numbers_have_the_glue_keys_the_prose_cites(repo):
 
 def test_numbers_without_masks_or_the_papers_alpha_read_nan():
     results = make_results(alpha_fractions=[0.0, 0.1, 0.3, 1.0])
-    numbers = tip_adapter_figures.numbers(results)
+    numbers = tip_study.numbers(results)
     assert math.isnan(numbers["grid_paper"]) and math.isnan(numbers["mass_zs"])
     assert math.isnan(numbers["mask_area"]) and numbers["alpha_min"] == 0.1
 
@@ -367,7 +363,7 @@ def test_numbers_without_masks_or_the_papers_alpha_read_nan():
 def test_the_cams_shown_are_scored_on_the_ink():
     results = make_results()
     results.cam_masses, results.cam_area = [0.2, 0.4], 0.25
-    numbers = tip_adapter_figures.numbers(results)
+    numbers = tip_study.numbers(results)
     assert numbers["fig_tip_cam_mass"] == pytest.approx(30.0)
     assert numbers["fig_tip_cam_area"] == 25.0
 
@@ -393,7 +389,7 @@ def test_the_cams_shown_are_scored_on_the_ink():
 )
 def test_cache_and_claim_verdicts(t5_tip, cache, claim):
     sweep = make_sweep({("digits", "Tip-Adapter", 5): t5_tip})
-    verdicts = tip_adapter_figures.verdicts(make_results(sweep))
+    verdicts = tip_study.verdicts(make_results(sweep))
     assert verdicts["t5_cache_verdict"] == cache
     assert verdicts["claim_verdict"] == claim
 
@@ -459,11 +455,11 @@ def test_blend_verdict(tip, words):
 def test_cache_gain_verdict(tip, words):
     sweep = make_sweep({("digits", "Tip-Adapter", 4): tip})
     assert verdict("strong_cache_gain", sweep=sweep) == words
-    assert tip_adapter_figures.numbers(make_results(sweep))["strong_tip_gain"] == tip - 20
+    assert tip_study.numbers(make_results(sweep))["strong_tip_gain"] == tip - 20
 
 
 def test_cache_gain_verdict_when_not_measured():
-    assert tip_adapter_figures.cache_gain_verdict(float("nan")) == "not measured"
+    assert tip_study.cache_gain_verdict(float("nan")) == "not measured"
 
 
 @pytest.mark.parametrize(
@@ -513,7 +509,7 @@ def test_probe_ahead_others_verdict(datasets, probe_ahead_on, words):
 )
 def test_paper_order_verdict(accuracy, words):
     results = make_results(make_sweep(accuracy))
-    assert tip_adapter_figures.verdicts(results)["paper_order_verdict"] == words
+    assert tip_study.verdicts(results)["paper_order_verdict"] == words
 
 
 @pytest.mark.parametrize(
@@ -530,7 +526,7 @@ def test_paper_order_verdict(accuracy, words):
 def test_tipf_verdict(gap, words):
     sweep = make_sweep({(d, "Tip-Adapter-F"): 40.0 + gap for d in ("digits", "sketch")})
     assert verdict("tipf_verdict", sweep=sweep) == words
-    assert tip_adapter_figures.tipf_verdict(float("nan")) == "not measured"
+    assert tip_study.tipf_verdict(float("nan")) == "not measured"
 
 
 @pytest.mark.parametrize(
@@ -573,15 +569,15 @@ def test_tipf_verdict(gap, words):
 )
 def test_alpha_verdicts(alpha, beta, regime, reading):
     results = make_results(make_sweep(alpha_fraction=alpha, beta=beta))
-    verdicts = tip_adapter_figures.verdicts(results)
+    verdicts = tip_study.verdicts(results)
     assert verdicts["alpha_regime"] == regime
     assert verdicts["alpha_reading"] == reading
-    assert tip_adapter_figures.numbers(results)["alpha_fraction_median"] == alpha
+    assert tip_study.numbers(results)["alpha_fraction_median"] == alpha
 
 
 def test_small_learning_rates_are_counted_from_the_large_shot_counts():
     results = make_results(make_sweep(lr=1e-4))
-    assert tip_adapter_figures.numbers(results)["small_lr_share"] == 100.0
+    assert tip_study.numbers(results)["small_lr_share"] == 100.0
 
 
 @pytest.mark.parametrize(
@@ -671,6 +667,6 @@ def test_mass_verdict(mass, words):
 
 
 def test_cam_phrases_pass_through():
-    verdicts = tip_adapter_figures.verdicts(make_results())
+    verdicts = tip_study.verdicts(make_results())
     assert verdicts["cam_setting"] == "GradCAM at the last block"
     assert verdicts["cam_reading"] == "The maps are read as evidence."
