@@ -45,41 +45,23 @@ wrong_target = ["five", "one"]
 import time
 
 import matplotlib.pyplot as plt
-import numpy as np
-import pandas as pd
 
-import clipnb
-from clipnb.core import profiles, report
-from clipnb.methods import saliency
-from clipnb.methods.finetune import PARTS, prompt_texts
+from clipnb.core import report
 from clipnb.studies import finetune_parts
 
 started, cpu_started = time.perf_counter(), time.process_time()
-clipnb.seed_everything(seeds[0])
 report.set_style()
-bundle = profiles.load_model(profile)
-cam_validation = saliency.validated_setting(bundle, profile)
-report.glue_words("cam_reading", saliency.reading(cam_validation))
-report.glue_words("cam_setting", cam_validation.setting.label())
-report.glue("grid_side", bundle.model.visual.grid_size[0])
-# The source's three datasets, in the order of its Tables 2-4; glue keys are named after them.
-roles = ["mnist", "flowers", "animals"]
-if not len(datasets) == len(shots) == len(selection_shots) == len(roles):
-    raise ValueError("datasets, shots and selection_shots need one entry per source dataset (3)")
-shots_of = dict(zip(roles, shots, strict=True))
-data = {
-    role: finetune_parts.load_study_dataset(name, world_per_class, max_per_split)
-    for role, name in zip(roles, datasets, strict=True)
-}
-prompts = {role: prompt_texts(d.class_names) for role, d in data.items()}
-val = {role: finetune_parts.SplitScorer(bundle, d.val, prompts[role]) for role, d in data.items()}
-test = {role: finetune_parts.SplitScorer(bundle, d.test, prompts[role]) for role, d in data.items()}
-lrs = {
-    "text_encoder": encoder_lrs,
-    "image_encoder": encoder_lrs,
-    "text_projection": projection_lrs,
-    "image_projection": projection_lrs,
-}
+setup = finetune_parts.prepare(
+    profile,
+    datasets,
+    shots,
+    selection_shots,
+    world_per_class,
+    max_per_split,
+    seeds[0],
+    encoder_lrs,
+    projection_lrs,
+)
 
 # %% [markdown]
 # ## Three datasets at three distances
@@ -92,24 +74,7 @@ lrs = {
 # only change which training images are drawn.
 
 # %%
-overview = pd.DataFrame(
-    {
-        "source's dataset": ["MNIST", "Flowers102", "Animals90"],
-        "here": datasets,
-        "classes": [data[r].test.n_classes for r in roles],
-        "train / val / test": [
-            f"{len(data[r].train)} / {len(data[r].val)} / {len(data[r].test)}" for r in roles
-        ],
-        "shots per class": [", ".join(map(str, shots_of[r])) for r in roles],
-        "zero-shot test %": [round(test[r].zero_shot(), 1) for r in roles],
-        "chance %": [round(100 / data[r].test.n_classes, 1) for r in roles],
-    }
-)
-for role in roles:
-    report.glue(f"zs_{role}", test[role].zero_shot())
-    report.glue(f"chance_{role}", 100 / data[role].test.n_classes)
-    report.glue(f"max_shots_{role}", max(shots_of[role]))
-overview
+finetune_parts.overview_table(setup)
 
 # %% [markdown]
 # ## The method
@@ -138,34 +103,10 @@ overview
 # number.
 
 # %%
-selection_started, selection_cpu = time.perf_counter(), time.process_time()
-settings, selection_records = {}, []
-for role, k in zip(roles, selection_shots, strict=True):
-    for part in PARTS:
-        best, recs = finetune_parts.select_setting(
-            bundle,
-            part,
-            lambda seed, role=role, k=k: clipnb.few_shot(data[role].train, k, seed),
-            val[role],
-            lrs[part],
-            step_grid,
-            seeds=selection_seeds,
-            batch_size=batch_size,
-        )
-        settings[role, part] = best
-        selection_records += [r | {"dataset": role} for r in recs]
-selection_seconds = time.perf_counter() - selection_started
-selection_cpu = time.process_time() - selection_cpu
-chosen = pd.DataFrame(
-    {
-        f"{name} ({k} shots)": [
-            f"lr {settings[role, p].lr:g}, {settings[role, p].steps} steps" for p in PARTS
-        ]
-        for role, name, k in zip(roles, datasets, selection_shots, strict=True)
-    },
-    index=PARTS,
+selection = finetune_parts.run_selection(
+    setup, selection_shots, step_grid, selection_seeds, batch_size
 )
-chosen
+finetune_parts.chosen_table(setup, selection)
 
 # %% [markdown]
 # Above, the chosen learning rate and step count per part and dataset (batches of
@@ -174,13 +115,7 @@ chosen
 # steps, one column per dataset and part.
 
 # %%
-report.glue("selection_seed", selection_seeds[0])
-report.glue("batch_size", batch_size)
-grid = pd.DataFrame.from_records(selection_records)
-grid["dataset"] = grid["dataset"].map(dict(zip(roles, datasets, strict=True)))
-grid.pivot_table(
-    index=["lr", "steps"], columns=["dataset", "part"], values="val", aggfunc="mean", sort=False
-).round(1)
+finetune_parts.selection_grid_table(setup, selection)
 
 # %% [markdown]
 # ## The sweep
@@ -190,87 +125,11 @@ grid.pivot_table(
 # numbers and a few maps are kept.
 
 # %%
-probes = {}
-for role, d in data.items():
-    n_fig = min(figure_images, d.test.n_classes)
-    figure_classes = np.linspace(0, d.test.n_classes, n_fig, endpoint=False).astype(int)
-    wrong = None
-    if role == "mnist" and all(c in d.class_names for c in wrong_target):
-        wrong = tuple(d.class_names.index(c) for c in wrong_target)
-    probes[role] = finetune_parts.CamProbe(
-        test[role],
-        np.linspace(0, len(d.test) - 1, min(cam_images, len(d.test))).astype(int),
-        finetune_parts.first_of_classes(d.test.labels, figure_classes),
-        setting=cam_validation.setting,
-        wrong_target=wrong,
-        keep_seed=seeds[0],
-    )
-
-sweep_started, sweep_cpu = time.perf_counter(), time.process_time()
-records = []
-for role in roles:
-    zero_shot = {"accuracy": test[role].zero_shot()} | probes[role](bundle.model, None, 0, seeds[0])
-    for part in PARTS:
-        records += [
-            {"dataset": role, "part": part, "shots": 0, "seed": s} | zero_shot for s in seeds
-        ]
-        records += [
-            r | {"dataset": role}
-            for r in finetune_parts.sweep_part(
-                bundle,
-                part,
-                settings[role, part],
-                data[role].train,
-                shots_of[role],
-                seeds,
-                test[role],
-                batch_size=batch_size,
-                on_model=probes[role],
-            )
-        ]
-sweep_seconds = time.perf_counter() - sweep_started
-sweep_cpu = time.process_time() - sweep_cpu
-results = pd.DataFrame.from_records(records)
-cam_seconds = results.loc[results.shots > 0, "cam_seconds"].sum()
-report.glue("selection_minutes", selection_seconds / 60)
-report.glue("sweep_minutes", sweep_seconds / 60)
-report.glue("cam_minutes", cam_seconds / 60)
-finetune_minutes = (selection_seconds + sweep_seconds - cam_seconds) / 60
-report.glue("finetune_minutes", finetune_minutes)
-report.glue_words("budget_verdict", "stays within" if finetune_minutes <= 8 else "goes over")
-report.glue("cpu_minutes", (selection_cpu + sweep_cpu) / 60)
-report.glue("n_models", int((results.shots > 0).sum()))
-report.glue("n_seeds", len(seeds))
-means = results.groupby(["dataset", "part", "shots"])["accuracy"].mean()
-for role in roles:
-    for part in PARTS:
-        report.glue(f"first_{role}_{part}", means[role, part, min(shots_of[role])])
-        report.glue(f"max_{role}_{part}", means[role, part, max(shots_of[role])])
-
-# Verdicts for the comparison with the source, computed from the means at the most shots.
-ENCODERS, PROJECTIONS = ["text_encoder", "image_encoder"], ["text_projection", "image_projection"]
-# The source's ordering per dataset (its Tables 2-4): encoders lead on MNIST, projections lead or
-# tie on Flowers102 and lead on Animals90.
-source_leader = {"mnist": "encoders", "flowers": "projections", "animals": "projections"}
-
-
-def part_name(part):
-    return "the " + part.replace("_", " ")
-
-
-for role in roles:
-    at_max = {p: means[role, p, max(shots_of[role])] for p in PARTS}
-    if min(at_max[p] for p in ENCODERS) > max(at_max[p] for p in PROJECTIONS):
-        leader, order = "encoders", "both encoders are ahead of both projections"
-    elif min(at_max[p] for p in PROJECTIONS) > max(at_max[p] for p in ENCODERS):
-        leader, order = "projections", "both projections are ahead of both encoders"
-    else:
-        leader, order = None, "encoders and projections are interleaved"
-    source = "as in the source" if leader == source_leader[role] else "unlike in the source"
-    best_part = max(at_max, key=at_max.get)
-    report.glue_words(
-        f"order_{role}", f"the best part is {part_name(best_part)}; {order}, {source}"
-    )
+results = finetune_parts.run_sweep(
+    setup, selection, seeds, batch_size, cam_images, figure_images, wrong_target
+)
+report.glue_numbers(finetune_parts.numbers(results))
+report.glue_all(finetune_parts.verdicts(results))
 
 # %% [markdown]
 # ## Results
@@ -279,11 +138,7 @@ for role in roles:
 # pretrained model's zero-shot accuracy.
 
 # %%
-tables = {
-    role: report.mean_std_table(results[results.dataset == role], index="part", columns="shots")
-    for role in roles
-}
-tables["mnist"]
+finetune_parts.accuracy_table(results, "mnist")
 
 # %% [markdown]
 # *Above: the MNIST-like set (handwritten digits, the source's Table 2). Below: the Flowers-like
@@ -291,25 +146,13 @@ tables["mnist"]
 # Table 4).*
 
 # %%
-tables["flowers"]
+finetune_parts.accuracy_table(results, "flowers")
 
 # %%
-tables["animals"]
+finetune_parts.accuracy_table(results, "animals")
 
 # %%
-fig, axes = plt.subplots(1, 3, figsize=(12, 3.6), sharey=False)
-for ax, role, name in zip(axes, roles, datasets, strict=True):
-    finetune_parts.plot_vs_shots(
-        ax,
-        records=results[results.dataset == role].to_dict("records"),
-        value="accuracy",
-        parts=PARTS,
-        baseline=100 / data[role].test.n_classes,
-        baseline_label="chance",
-    )
-    ax.set(title=name, ylabel="test accuracy (%)")
-axes[0].legend(fontsize=8)
-fig.tight_layout()
+fig = finetune_parts.accuracy_figure(results)
 report.glue("fig_accuracy", fig)
 plt.close(fig)
 
@@ -371,15 +214,9 @@ plt.close(fig)
 # sweep (first seed).
 
 # %%
-for role in roles:
-    fig = finetune_parts.cam_grid_figure(
-        probes[role], bundle, PARTS, shots_of[role], data[role].class_names
-    )
-    report.glue(f"fig_cam_{role}", fig)
+for name, fig in finetune_parts.cam_figures(results).items():
+    report.glue(name, fig)
     plt.close(fig)
-    figure_mass, figure_area = probes[role].figure_mass()
-    report.glue(f"fig_cam_{role}_mass", figure_mass)
-    report.glue(f"fig_cam_{role}_area", figure_area)
 
 # %% [markdown]
 # ```{glue:figure} fig_cam_mnist
@@ -414,57 +251,10 @@ for role in roles:
 # the forced class, for the pretrained model and the two encoders finetuned on the most shots.
 
 # %%
-mnist_probe = probes["mnist"]
-wrong_keys = [
-    ("zero-shot", 0),
-    ("image_encoder", max(shots_of["mnist"])),
-    ("text_encoder", max(shots_of["mnist"])),
-]
-wrong_rows = []
-if mnist_probe.wrong_target is not None:
-    fig = finetune_parts.wrong_target_figure(
-        mnist_probe, bundle, wrong_keys, data["mnist"].class_names
-    )
-    report.glue("fig_wrong_target", fig)
+for name, fig in finetune_parts.wrong_target_figures(results).items():
+    report.glue(name, fig)
     plt.close(fig)
-    for key in wrong_keys:
-        wrong_rows.append(
-            {"model": key[0], "shots": key[1]} | mnist_probe.wrong_target_summary(key)
-        )
-wrong = pd.DataFrame(wrong_rows)
-for i, key in enumerate(("zs", "image_encoder", "text_encoder")):
-    for col in ("true_mass", "forced_mass", "true_spread", "forced_spread"):
-        value = wrong[col].iloc[i] if col in wrong else float("nan")
-        report.glue(f"wrong_{key}_{col}", value)
-report.glue("n_wrong_images", len(getattr(mnist_probe, "wrong_indices", [])))
-wrong_masks = getattr(mnist_probe, "wrong_masks", None)
-report.glue("wrong_area_pct", 100 * wrong_masks.mean() if wrong_masks is not None else np.nan)
-report.glue(
-    "wrong_zs_true_mass_pct", 100 * (wrong["true_mass"].iloc[0] if "true_mass" in wrong else np.nan)
-)
-
-
-def forced_vs_true(row):
-    """The forced map against the true one, in the source's terms (diffuse, off the object)."""
-    cols = ["true_spread", "true_mass", "forced_spread", "forced_mass"]
-    if row is None or not np.isfinite([float(row.get(c, np.nan)) for c in cols]).all():
-        return "not measured (no forced target on this dataset)"
-    gap = row["forced_spread"] - row["true_spread"]
-    spread = (
-        "more diffuse than"
-        if gap > 0.01
-        else "less diffuse than"
-        if gap < -0.01
-        else "as diffuse as"
-    )
-    mass = "less" if row["forced_mass"] < row["true_mass"] else "no less"
-    return f"{spread} the true map, with {mass} of its mass on the ink"
-
-
-for i, key in enumerate(("zs", "image_encoder")):
-    row = wrong.iloc[i] if len(wrong) > i else None
-    report.glue_words(f"wrong_{key}_verdict", forced_vs_true(row))
-wrong.round(3)
+finetune_parts.wrong_target_table(results)
 
 # %% [markdown]
 # ```{glue:figure} fig_wrong_target
@@ -498,63 +288,10 @@ wrong.round(3)
 # the ink.
 
 # %%
-fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
-for ax, role, name in zip(axes, roles, datasets, strict=True):
-    probe = probes[role]
-    if probe.masks is None:
-        ax.set_axis_off()
-        continue
-    finetune_parts.plot_vs_shots(
-        ax,
-        records=results[results.dataset == role].to_dict("records"),
-        value="cam_mass",
-        parts=PARTS,
-        baseline=probe.mask_area,
-        baseline_label="uniform map",
-    )
-    ax.set(title=f"{name} ({probe.mask_kind})", ylabel="CAM mass inside the mask")
-axes[-1].legend(fontsize=8)
-fig.tight_layout()
+fig = finetune_parts.cam_mass_figure(results)
 report.glue("fig_cam_mass", fig)
 plt.close(fig)
-
-report.glue("n_cam_images", len(probes["animals"].mass_indices))
-mass_means = results.groupby(["dataset", "part", "shots"])["cam_mass"].mean()
-for role in roles:
-    report.glue(f"mask_area_{role}", probes[role].mask_area)
-    report.glue(f"mass_{role}_zs", mass_means.get((role, PARTS[0], 0), float("nan")))
-    for part in PARTS:
-        key = (role, part, max(shots_of[role]))
-        report.glue(f"mass_{role}_{part}", mass_means.get(key, float("nan")))
-# A part moves the map onto the object if its mass at the most shots exceeds the pretrained
-# model's by more than one standard deviation over seeds.
-mass_std = results.groupby(["dataset", "part", "shots"])["cam_mass"].std().fillna(0.0)
-for role in roles:
-    zs_mass = mass_means.get((role, PARTS[0], 0), float("nan"))
-    movers = [
-        part_name(part)
-        for part in PARTS
-        if mass_means.get((role, part, max(shots_of[role])), float("nan"))
-        > zs_mass + mass_std.get((role, part, max(shots_of[role])), float("nan"))
-    ]
-    if not np.isfinite(zs_mass):
-        words = "not measured (no masks)"
-    elif not movers:
-        words = "none"
-    else:
-        words = ", ".join(movers[:-1]) + (" and " if len(movers) > 1 else "") + movers[-1]
-    report.glue_words(f"mass_movers_{role}", words)
-most = results.shots == results.dataset.map({r: max(shots_of[r]) for r in roles})
-report.mean_std_table(
-    results[most | (results.shots == 0)].assign(
-        dataset=lambda df: df.dataset.map(dict(zip(roles, datasets, strict=True))),
-        shots=lambda df: np.where(df.shots == 0, "zero-shot", "most shots"),
-    ),
-    index=["dataset", "part"],
-    columns="shots",
-    value="cam_mass",
-    digits=3,
-)
+finetune_parts.cam_mass_table(results)
 
 # %% [markdown]
 # ```{glue:figure} fig_cam_mass

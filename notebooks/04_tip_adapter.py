@@ -47,31 +47,23 @@ mask_images = 64
 import time
 
 import matplotlib.pyplot as plt
-import numpy as np
-import pandas as pd
-import torch
 
-import clipnb
-from clipnb.core import profiles, report
-from clipnb.core.features import image_tensors
-from clipnb.methods import few_shot, saliency
-from clipnb.methods.gradcam import cam_mass_in_mask
-from clipnb.methods.tip_adapter import TipAdapter, TipAdapterF, search_alpha_beta
-from clipnb.studies import finetune_parts
-from clipnb.studies import tip_adapter as tip_adapter_figures
+from clipnb.core import report
+from clipnb.studies import tip_adapter
 
 started = time.perf_counter()
-clipnb.seed_everything(seeds[0])
 report.set_style()
-bundle = profiles.load_model(profile)
-cam_validation = saliency.validated_setting(bundle, profile)
-cam_setting = cam_validation.setting
-report.glue_words("cam_setting", cam_setting.label())
-report.glue_words("cam_reading", saliency.reading(cam_validation))
-report.glue("logit_scale", bundle.logit_scale)
-report.glue("n_seeds", len(seeds))
-report.glue("table_shots", table_shots)
-report.glue("max_shots", max(shots))
+setup = tip_adapter.prepare(
+    profile,
+    datasets,
+    seeds[0],
+    alpha_fractions,
+    betas,
+    tip_f_epochs,
+    tip_f_lrs,
+    head_epochs,
+    head_lrs,
+)
 
 # %% [markdown]
 # ## The method
@@ -122,30 +114,7 @@ report.glue("max_shots", max(shots))
 # grid).
 
 # %%
-report.glue("tip_f_epochs", tip_f_epochs)
-report.glue("alpha_min", min(a for a in alpha_fractions if a > 0))
-report.glue("alpha_max", max(alpha_fractions))
-report.glue("beta_min", min(betas))
-report.glue("beta_max", max(betas))
-methods = {
-    "zero-shot": few_shot.zero_shot_method(),
-    "linear probe": few_shot.linear_probe_method(),
-    "zero-shot-init head": few_shot.head_method("zero_shot", epochs=head_epochs, lr=head_lrs),
-    "Tip-Adapter": few_shot.tip_adapter_method(alpha_fractions, betas),
-    "Tip-Adapter-F": few_shot.tip_adapter_f_method(
-        alpha_fractions, betas, epochs=tip_f_epochs, lr=tip_f_lrs
-    ),
-}
-tasks = {name: few_shot.load_feature_task(bundle, name) for name in datasets}
-pd.DataFrame(
-    {
-        "classes": [len(t.class_names) for t in tasks.values()],
-        "train": [len(t.train) for t in tasks.values()],
-        "val": [len(t.val) for t in tasks.values()],
-        "test": [len(t.test) for t in tasks.values()],
-    },
-    index=pd.Index(list(tasks), name="dataset"),
-)
+tip_adapter.dataset_table(setup)
 
 # %% [markdown]
 # ## Accuracy across shots
@@ -156,148 +125,13 @@ pd.DataFrame(
 # validation and test images are the same for every run.
 
 # %%
-records = []
-for name, task in tasks.items():
-    run_shots = sorted(set(shots) | ({table_shots} if name == table_dataset else set()))
-    records += few_shot.run_few_shot(task, methods, run_shots, seeds)
-results = pd.DataFrame(records)
-report.mean_std_table(results[results["shots"].isin(shots)], ["dataset", "method"], "shots")
+sweep = tip_adapter.run_sweep(setup, shots, seeds, table_dataset, table_shots)
+tip_adapter.accuracy_table(sweep)
 
 # %%
-fig = tip_adapter_figures.plot_accuracy_vs_shots(records, list(methods), shots=shots)
+fig = tip_adapter.accuracy_figure(sweep)
 report.glue("fig_tip_shots", fig)
 plt.close(fig)
-
-means = report.mean_table(results, ["dataset", "method"], "shots")
-k_max = max(shots)
-for key, method in [
-    ("zs", "zero-shot"),
-    ("probe", "linear probe"),
-    ("head", "zero-shot-init head"),
-    ("tip", "Tip-Adapter"),
-    ("tipf", "Tip-Adapter-F"),
-]:
-    report.glue(f"t5_{key}", means.loc[(table_dataset, method), table_shots])
-    report.glue(f"kmax_{key}", means.loc[(table_dataset, method), k_max])
-by_method = {m: means.xs(m, level="method")[shots] for m in methods}
-gains = by_method["Tip-Adapter"] - by_method["zero-shot"]
-strongest = by_method["zero-shot"][k_max].idxmax()  # the dataset the prompts handle best
-report.glue("strong_zs", by_method["zero-shot"].loc[strongest, k_max])
-report.glue("strong_tip_gain", gains.loc[strongest, k_max])
-report.glue("strong_probe", by_method["linear probe"].loc[strongest, k_max])
-report.glue(
-    "t5_ratio",
-    means.loc[(table_dataset, "Tip-Adapter"), table_shots]
-    / means.loc[(table_dataset, "zero-shot"), table_shots],
-)
-report.glue("tipf_minus_tip", np.nanmean(by_method["Tip-Adapter-F"] - by_method["Tip-Adapter"]))
-k_min = min(shots)
-report.glue("min_shots", k_min)
-report.glue("strong_tip_kmin", by_method["Tip-Adapter"].loc[strongest, k_min])
-report.glue("strong_probe_kmin", by_method["linear probe"].loc[strongest, k_min])
-
-# Verdicts the prose cites, computed from the same means.
-t5_of = {m: means.loc[(table_dataset, m), table_shots] for m in methods}
-cache_lifts = t5_of["Tip-Adapter"] > t5_of["zero-shot"]
-report.glue_words(
-    "t5_cache_verdict",
-    "As the source says, the cache lifts the accuracy with no gradient step: a few labelled "
-    "images carry what the prompts lack for an out-of-distribution dataset."
-    if cache_lifts
-    else "Unlike in the source, the cache does not lift the accuracy above zero-shot here.",
-)
-report.glue_words(
-    "claim_verdict",
-    "holds in direction on this model: on the out-of-distribution digits a cache of a few "
-    "labelled images per class, with no gradient step, lifts CLIP above its zero-shot accuracy"
-    if cache_lifts
-    else "does not hold on this model: on the out-of-distribution digits a cache of a few "
-    "labelled images per class does not lift CLIP above its zero-shot accuracy",
-)
-trained = ["linear probe", "zero-shot-init head"]
-level_or_ahead = [m for m in trained if t5_of[m] >= t5_of["Tip-Adapter"]]
-paper = "the Tip-Adapter paper, where the cache is ahead of a linear probe at few shots"
-if len(level_or_ahead) == len(trained):
-    words = f"are both at or above the cache here, unlike in {paper}"
-elif not level_or_ahead:
-    words = f"are both below the cache here, as in {paper}"
-else:
-    behind = next(m for m in trained if m not in level_or_ahead)
-    words = f"fall on both sides of the cache here: the {level_or_ahead[0]} at or above it, "
-    words += f"the {behind} below it"
-report.glue_words("t5_trained_vs_cache", words)
-
-report.glue_words("strong_name", strongest)
-report.glue("strong_chance", 100 / len(tasks[strongest].class_names))
-report.glue_words(
-    "strong_blend",
-    "there the blend with zero-shot is what counts, as the probe has no prior to fall back on"
-    if by_method["Tip-Adapter"].loc[strongest, k_min]
-    > by_method["linear probe"].loc[strongest, k_min]
-    else "the blend with zero-shot gives the cache no edge over the probe there",
-)
-strong_gain = gains.loc[strongest, k_max]
-report.glue_words(
-    "strong_cache_gain",
-    "The cache adds to zero-shot there"
-    if strong_gain > 1
-    else "The cache itself takes accuracy away there"
-    if strong_gain < -1
-    else "The cache itself changes little there",
-)
-probe_reaches = [
-    k
-    for k in shots
-    if by_method["linear probe"].loc[strongest, k] >= by_method["zero-shot"].loc[strongest, k]
-]
-report.glue_words(
-    "strong_probe_reach",
-    f"the linear probe first reaches it at {probe_reaches[0]} shot{'s' * (probe_reaches[0] != 1)}"
-    if probe_reaches
-    else f"the linear probe does not reach it within {k_max} shots",
-)
-
-# The linear probe against the cache: on the datasets other than the strongest at the most
-# shots, and over every dataset and shot count.
-others = [d for d in datasets if d != strongest]
-probe_ahead = [
-    d
-    for d in others
-    if by_method["linear probe"].loc[d, k_max] > by_method["Tip-Adapter"].loc[d, k_max]
-]
-if not others:
-    where = "no dataset"
-elif len(probe_ahead) == len(others):
-    where = {1: "the one dataset", 2: "both datasets"}.get(len(others), "every dataset")
-elif not probe_ahead:
-    where = "neither dataset" if len(others) == 2 else "no dataset"
-else:
-    where = f"{len(probe_ahead)} of the {len(others)} datasets"
-report.glue_words("probe_ahead_others", f"{where} other than {strongest}")
-tip_ahead = by_method["Tip-Adapter"] > by_method["linear probe"]
-n_cells = int(tip_ahead.size)
-n_tip_ahead = int(tip_ahead.to_numpy().sum())
-report.glue("n_cells", n_cells)
-report.glue("n_tip_ahead", n_tip_ahead)
-report.glue_words(
-    "paper_order_verdict",
-    "this model reproduces that ordering"
-    if n_tip_ahead == n_cells
-    else "this model does not reproduce that ordering"
-    if n_tip_ahead == 0
-    else "this model reproduces it only in part",
-)
-tipf_gap = float(np.nanmean(by_method["Tip-Adapter-F"] - by_method["Tip-Adapter"]))
-report.glue_words(
-    "tipf_verdict",
-    "adds clearly over"
-    if tipf_gap > 3
-    else "adds a little over"
-    if tipf_gap > 0.5
-    else "is level with"
-    if tipf_gap >= -0.5
-    else "falls below",
-)
 
 # %% [markdown]
 # ```{glue:figure} fig_tip_shots
@@ -314,14 +148,7 @@ report.glue_words(
 # or head numbers at 5 shots.
 
 # %%
-source = {"zero-shot": "32.6 (≈ 32)", "Tip-Adapter": "≈ 70"}
-five = results[(results["dataset"] == table_dataset) & (results["shots"] == table_shots)]
-table5 = report.mean_std_table(five, "method", "shots").rename(
-    columns={table_shots: f"this build, {table_shots} shots (%)"}
-)
-table5["source: real CLIP on MNIST, 5 shots (%)"] = [source.get(m, "—") for m in table5.index]
-table5.columns.name = None
-table5
+tip_adapter.five_shot_table(sweep)
 
 # %% [markdown]
 # On the handwritten digits at {glue:text}`table_shots:.0f` shots, the embedded CLIP goes from
@@ -351,52 +178,7 @@ table5
 # back to zero-shot.
 
 # %%
-tip_runs = results[results["method"].isin(["Tip-Adapter", "Tip-Adapter-F"])]
-report.glue("alpha_zero_share", 100 * float((tip_runs["alpha_fraction"] == 0).mean()))
-alpha_median = float(tip_runs["alpha_fraction"].median())
-beta_median = float(tip_runs["beta"].median())
-report.glue("alpha_fraction_median", alpha_median)
-report.glue("beta_median", beta_median)
-report.glue_words(
-    "alpha_regime",
-    "far above the paper's regime"
-    if alpha_median >= 0.1
-    else "above the paper's regime"
-    if alpha_median > 0.01
-    else "at the paper's regime"
-    if alpha_median == 0.01
-    else "below the paper's regime",
-)
-# Alpha at least the logit scale lets the cache outvote the prompts; a beta of 10 or more makes
-# the affinity of anything but a near-identical image small (exp(-10 (1 - cos))).
-report.glue_words(
-    "alpha_reading",
-    "on this model Tip-Adapter works as a sharp, soft nearest-neighbour classifier with the "
-    "prompts as a tie-breaker"
-    if alpha_median >= 1 and beta_median >= 10
-    else "on this model the prompts dominate and the cache is a correction, as in the paper's "
-    "regime"
-    if alpha_median <= 0.01
-    else "on this model the cache and the prompts share the vote",
-)
-tipf_runs = tip_runs[tip_runs["method"] == "Tip-Adapter-F"]
-large_k = min([k for k in shots if k > np.median(shots)] or [max(shots)])
-report.glue("large_k", large_k)
-report.glue(
-    "small_lr_share",
-    100 * float((tipf_runs.loc[tipf_runs["shots"] >= large_k, "lr"] <= 1e-4).mean()),
-)
-chosen = (
-    tip_runs[tip_runs["shots"].isin(shots)]
-    .rename(columns={"alpha_fraction": "α / s", "beta": "β"})
-    .groupby(["dataset", "shots", "method"], sort=False)[["α / s", "β", "epoch", "lr"]]
-    .median()
-    .unstack("method")
-    .swaplevel(axis=1)
-    .sort_index(axis=1, level=0, sort_remaining=False)
-    .dropna(axis=1, how="all")
-)
-chosen
+tip_adapter.chosen_table(sweep)
 
 # %% [markdown]
 # Over all Tip-Adapter and Tip-Adapter-F runs the median chosen $\alpha$ is
@@ -412,64 +194,12 @@ chosen
 # $\alpha/s$ and $\beta$.
 
 # %%
-grid_problem = few_shot.few_shot_problem(tasks[table_dataset], table_shots, seeds[0])
-_, _, val_grid = search_alpha_beta(
-    TipAdapter,
-    grid_problem.train.x,
-    grid_problem.train.y,
-    grid_problem.val.x,
-    grid_problem.val.y,
-    grid_problem.class_weights,
-    grid_problem.logit_scale,
-    [a * grid_problem.logit_scale for a in alpha_fractions],
-    betas,
-)
-fig = tip_adapter_figures.plot_alpha_beta_grid(
-    val_grid, alpha_fractions, betas, f"Tip-Adapter on {table_dataset}, {table_shots} shots"
-)
+results = tip_adapter.run_probes(setup, sweep, cam_dataset, cam_images, mask_dataset, mask_images)
+report.glue_numbers(tip_adapter.numbers(results))
+report.glue_all(tip_adapter.verdicts(results))
+fig = tip_adapter.grid_figure(results)
 report.glue("fig_tip_grid", fig)
 plt.close(fig)
-cosines = grid_problem.train.x @ grid_problem.train.x.T
-off_diagonal = ~torch.eye(len(cosines), dtype=torch.bool)
-report.glue("mean_cos", float(cosines[off_diagonal].mean()))
-paper_row = alpha_fractions.index(0.01) if 0.01 in alpha_fractions else None
-report.glue("grid_paper", 100 * val_grid[paper_row].max() if paper_row is not None else np.nan)
-report.glue("grid_zero_shot", 100 * val_grid[0].max())
-start = methods["Tip-Adapter"](grid_problem).info
-for key, rate in (("paper", 1e-3), ("small", min(tip_f_lrs))):
-    keys_run = TipAdapterF(start["alpha"], start["beta"], lr=rate, epochs=tip_f_epochs).fit(
-        grid_problem.train.x, grid_problem.train.y, grid_problem.class_weights, bundle.logit_scale
-    )
-    report.glue(f"tipf_loss_first_{key}", keys_run.train_loss_curve_[0])
-    report.glue(f"tipf_loss_peak_{key}", max(keys_run.train_loss_curve_))
-    if key == "paper":
-        jumps = max(keys_run.train_loss_curve_) > 1.5 * keys_run.train_loss_curve_[0]
-        report.glue_words(
-            "tipf_jump",
-            "the keys jump: the training loss climbs well above its first-epoch value"
-            if jumps
-            else "the training loss stays within half again of its first-epoch value",
-        )
-report.glue("grid_best", 100 * val_grid.max())
-best_gain = float(val_grid.max() - val_grid[0].max())
-paper_gain = float(val_grid[paper_row].max() - val_grid[0].max()) if paper_row is not None else 0
-if paper_row is None:
-    words = "an undefined share of the gain (the grid has no $a = 0.01$ row)"
-elif best_gain <= 0:
-    words = (
-        "nothing over zero-shot, as no cell of the grid beats zero-shot on this validation split"
-    )
-elif paper_gain < 0.25 * best_gain:
-    words = (
-        "little of the best cell's gain over zero-shot: the cache is outvoted by the prompts, and "
-        "a grid copied from the paper would all but turn Tip-Adapter into zero-shot CLIP on this "
-        "model"
-    )
-elif paper_gain < 0.75 * best_gain:
-    words = "part of the best cell's gain over zero-shot: the prompts still hold the cache back"
-else:
-    words = "most of the best cell's gain over zero-shot: the paper's regime already works here"
-report.glue_words("grid_paper_verdict", words)
 
 # %% [markdown]
 # ```{glue:figure} fig_tip_grid
@@ -496,30 +226,9 @@ report.glue_words("grid_paper_verdict", words)
 # column is zero-shot CLIP for comparison. {glue:md}`cam_reading`
 
 # %%
-cam_task = tasks[cam_dataset]
-cam_data = clipnb.load_dataset(cam_dataset)
-cam_rows = [int(np.flatnonzero(cam_data.test.labels == c)[0]) for c in range(cam_images)]
-pixels = image_tensors(bundle, cam_data.test, np.asarray(cam_rows))
-classes = cam_data.test.labels[cam_rows].tolist()
-maps = {
-    "zero-shot": few_shot.cams_over_shots(
-        bundle, cam_task, methods["zero-shot"], [1], seeds[0], pixels, classes, cam_setting
-    )[1]
-}
-tip_maps = few_shot.cams_over_shots(
-    bundle, cam_task, methods["Tip-Adapter"], shots, seeds[0], pixels, classes, cam_setting
-)
-maps |= {f"Tip-Adapter, {k} shot{'s' * (k > 1)}": m for k, m in tip_maps.items()}
-shown = report.display_images(bundle, pixels)
-fig = tip_adapter_figures.cam_grid_figure(shown, maps, [cam_data.class_names[c] for c in classes])
+fig = tip_adapter.cam_figure(results)
 report.glue("fig_tip_cam", fig)
 plt.close(fig)
-ink, _ = finetune_parts.object_masks(cam_data.test, cam_rows, bundle.preprocess)
-shown_mass = (
-    [np.nanmean(cam_mass_in_mask(m, ink)) for m in maps.values()] if ink is not None else []
-)
-report.glue("fig_tip_cam_mass", 100 * np.mean(shown_mass) if shown_mass else np.nan)
-report.glue("fig_tip_cam_area", 100 * ink.mean() if ink is not None else np.nan)
 
 # %% [markdown]
 # ```{glue:figure} fig_tip_cam
@@ -537,41 +246,7 @@ report.glue("fig_tip_cam_area", 100 * ink.mean() if ink is not None else np.nan)
 # the first test images. A uniform map would score the object's share of the image.
 
 # %%
-if mask_dataset:
-    mask_task = tasks.get(mask_dataset) or few_shot.load_feature_task(bundle, mask_dataset)
-    mask_data = clipnb.load_dataset(mask_dataset)
-    rows = np.arange(min(mask_images, len(mask_data.test)))
-    mask_pixels = image_tensors(bundle, mask_data.test, rows)
-    mask_classes = mask_data.test.labels[rows].tolist()
-    masks = mask_data.test.masks[rows] > 0
-    cam_args = (seeds[0], mask_pixels, mask_classes, cam_setting)
-    mass = {
-        0: few_shot.cams_over_shots(bundle, mask_task, methods["zero-shot"], [1], *cam_args)[1]
-    } | few_shot.cams_over_shots(bundle, mask_task, methods["Tip-Adapter"], shots, *cam_args)
-    mass_table = pd.DataFrame(
-        {
-            "shots (0 = zero-shot)": list(mass),
-            "CAM mass on the object (%)": [
-                100 * np.nanmean(cam_mass_in_mask(m, masks)) for m in mass.values()
-            ],
-        }
-    ).set_index("shots (0 = zero-shot)")
-    report.glue("mask_area", 100 * masks.mean())
-    report.glue("mass_zs", mass_table.iloc[0, 0])
-    report.glue("mass_kmax", mass_table.iloc[-1, 0])
-    more_than_zs = "more" if mass_table.iloc[-1, 0] > mass_table.iloc[0, 0] else "no more"
-    more_than_uniform = "more" if mass_table.iloc[-1, 0] > 100 * masks.mean() else "no more"
-    report.glue_words(
-        "mass_verdict",
-        f"on this task Tip-Adapter's map at the most shots puts {more_than_zs} of its mass on the "
-        f"object than zero-shot CLIP's, and {more_than_uniform} than a uniform map would",
-    )
-else:
-    mass_table = pd.DataFrame()
-    for key in ("mask_area", "mass_zs", "mass_kmax"):
-        report.glue(key, float("nan"))
-    report.glue_words("mass_verdict", "without object masks this is not measured here")
-mass_table.round(1)
+tip_adapter.mass_table(results)
 
 # %% [markdown]
 # On that task, {glue:text}`mass_zs:.1f` % of zero-shot CLIP's CAM mass lies on the object and

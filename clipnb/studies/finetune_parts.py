@@ -8,18 +8,25 @@ The pieces of the ``finetune_parts`` study:
 * :func:`select_setting` picks a part's learning rate and step count on the validation split;
 * :func:`sweep_part` finetunes one part for every (shots, seed) and scores it on the test split;
 * :class:`CamProbe` takes Grad-CAM measurements on fixed test images of every finetuned model:
-  the fraction of CAM mass inside the object mask, and maps kept for the figures.
+  the fraction of CAM mass inside the object mask, and maps kept for the figures;
+* the chapter itself, in the order it runs: :func:`prepare` (model, data, scorers),
+  :func:`run_selection` (each part's schedule on validation), :func:`run_sweep` (every part,
+  shot count and seed on test, with the CAM measurements) or :func:`run` for all three; then the
+  tables, figures, :func:`numbers` and :func:`verdicts` the prose cites.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
+import matplotlib.figure
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -32,9 +39,19 @@ from clipnb.core.imagesets import DatasetSplits, ImageSet, few_shot, mask_geomet
 from clipnb.core.models import ClipBundle
 from clipnb.core.utils import seed_everything
 from clipnb.data.registry import DATASETS, DIGIT_WORDS, load_dataset
-from clipnb.methods.finetune import IMAGE_PARTS, TEXT_PARTS, finetune, image_pre_projection
+from clipnb.methods import saliency
+from clipnb.methods.backbones import load_model
+from clipnb.methods.finetune import (
+    IMAGE_PARTS,
+    PARTS,
+    TEXT_PARTS,
+    finetune,
+    image_pre_projection,
+    prompt_texts,
+)
 from clipnb.methods.gradcam import cam_mass_in_mask, clip_cams
 from clipnb.methods.saliency import CamSetting
+from clipnb.studies.verdicts import compare, join_words
 
 #: Cache tag of the pooled image features before the projection.
 PRE_PROJECTION_TAG = "image-preproj"
@@ -402,8 +419,6 @@ def plot_vs_shots(
     baseline_label: str = "",
 ) -> None:
     """One line per part: mean of ``value`` over seeds against shots, with a ±1 std band."""
-    import pandas as pd
-
     df = pd.DataFrame.from_records(records)
     for i, part in enumerate(parts):
         g = df[df["part"] == part].groupby("shots")[value]
@@ -499,21 +514,668 @@ def wrong_target_figure(
     return fig
 
 
+# --------------------------------------------------------------------------------------------
+# The chapter: setup, selection, sweep
+# --------------------------------------------------------------------------------------------
+
+#: The source's three datasets, in the order of its Tables 2-4; glue keys are named after them.
+ROLES: tuple[str, ...] = ("mnist", "flowers", "animals")
+#: The source's name for each role (the chapter's first table).
+SOURCE_NAMES = {"mnist": "MNIST", "flowers": "Flowers102", "animals": "Animals90"}
+#: Which side leads at the most shots in the source's Tables 2-4: the encoders on MNIST, the
+#: projections (ahead or tied) on Flowers102 and Animals90.
+SOURCE_LEADER = {"mnist": "encoders", "flowers": "projections", "animals": "projections"}
+ENCODERS: tuple[str, ...] = ("text_encoder", "image_encoder")
+PROJECTIONS: tuple[str, ...] = ("text_projection", "image_projection")
+#: The forced-wrong-target models: the pretrained one, then the encoders at the most shots.
+WRONG_MODELS: tuple[str, ...] = ("zero-shot", "image_encoder", "text_encoder")
+#: Their glue prefixes (``wrong_zs_true_mass``, ...).
+WRONG_KEYS: tuple[str, ...] = ("zs", "image_encoder", "text_encoder")
+WRONG_COLUMNS: tuple[str, ...] = ("true_mass", "forced_mass", "true_spread", "forced_spread")
+#: The issue's budget for finetuning and scoring (minutes on this machine's 2 CPU cores).
+BUDGET_MINUTES = 8.0
+
+
+@dataclass
+class Setup:
+    """The chapter's inputs: the pretrained model, its CAM setting and, per role, the data.
+
+    ``val`` and ``test`` score any finetuned model on the fixed splits; ``zero_shot`` is the
+    pretrained model's test accuracy (%).
+    """
+
+    datasets: dict[str, str]
+    shots: dict[str, list[int]]
+    bundle: ClipBundle
+    cam_validation: saliency.SaliencyValidation
+    data: dict[str, DatasetSplits]
+    val: dict[str, SplitScorer]
+    test: dict[str, SplitScorer]
+    lrs: dict[str, list[float]]
+    zero_shot: dict[str, float]
+
+    @property
+    def roles(self) -> list[str]:
+        return list(self.datasets)
+
+
+def prepare(
+    profile: str,
+    datasets: Sequence[str],
+    shots: Sequence[Sequence[int]],
+    selection_shots: Sequence[int],
+    world_per_class: Sequence[int],
+    max_per_split: int,
+    seed: int,
+    encoder_lrs: Sequence[float],
+    projection_lrs: Sequence[float],
+) -> Setup:
+    """Seed, load the profile's model and its validated CAM setting, the three datasets (one per
+    role of :data:`ROLES`) and their scorers; the learning-rate grid of each part."""
+    if not len(datasets) == len(shots) == len(selection_shots) == len(ROLES):
+        raise ValueError(
+            "datasets, shots and selection_shots need one entry per source dataset (3)"
+        )
+    seed_everything(seed)
+    bundle = load_model(profile)
+    cam_validation = saliency.validated_setting(bundle, profile)
+    data = {
+        role: load_study_dataset(name, world_per_class, max_per_split)
+        for role, name in zip(ROLES, datasets, strict=True)
+    }
+    prompts = {role: prompt_texts(d.class_names) for role, d in data.items()}
+    val = {role: SplitScorer(bundle, d.val, prompts[role]) for role, d in data.items()}
+    test = {role: SplitScorer(bundle, d.test, prompts[role]) for role, d in data.items()}
+    lrs = {
+        "text_encoder": list(encoder_lrs),
+        "image_encoder": list(encoder_lrs),
+        "text_projection": list(projection_lrs),
+        "image_projection": list(projection_lrs),
+    }
+    return Setup(
+        datasets=dict(zip(ROLES, datasets, strict=True)),
+        shots={role: list(k) for role, k in zip(ROLES, shots, strict=True)},
+        bundle=bundle,
+        cam_validation=cam_validation,
+        data=data,
+        val=val,
+        test=test,
+        lrs=lrs,
+        zero_shot={role: test[role].zero_shot() for role in ROLES},
+    )
+
+
+@dataclass
+class Selection:
+    """Each part's schedule per role, chosen on validation, and every candidate's score."""
+
+    settings: dict[tuple[str, str], Setting]
+    records: list[dict[str, Any]]
+    shots: dict[str, int]
+    seed: int
+    seconds: float = 0.0
+    cpu_seconds: float = 0.0
+
+
+def run_selection(
+    setup: Setup,
+    selection_shots: Sequence[int],
+    step_grid: Sequence[int],
+    selection_seeds: Sequence[int],
+    batch_size: int,
+) -> Selection:
+    """:func:`select_setting` for every role and part, at the role's representative shot count."""
+    started, cpu_started = time.perf_counter(), time.process_time()
+    settings, records = {}, []
+    for role, k in zip(setup.roles, selection_shots, strict=True):
+        for part in PARTS:
+            best, recs = select_setting(
+                setup.bundle,
+                part,
+                partial(few_shot, setup.data[role].train, k),
+                setup.val[role],
+                setup.lrs[part],
+                step_grid,
+                seeds=selection_seeds,
+                batch_size=batch_size,
+            )
+            settings[role, part] = best
+            records += [r | {"dataset": role} for r in recs]
+    return Selection(
+        settings=settings,
+        records=records,
+        shots=dict(zip(setup.roles, (int(k) for k in selection_shots), strict=True)),
+        seed=int(selection_seeds[0]),
+        seconds=time.perf_counter() - started,
+        cpu_seconds=time.process_time() - cpu_started,
+    )
+
+
+@dataclass
+class Results:
+    """Everything the chapter reports, as plain data (``probes`` only feed the CAM figures).
+
+    ``records`` has one row per (dataset role, part, shots, seed): test accuracy (%) and the CAM
+    measurements of :class:`CamProbe`; shots 0 is the pretrained model, repeated for every part.
+    ``wrong`` is the forced-wrong-target table (empty without a forced target); ``mask_area``,
+    ``wrong_area`` and the CAM masses are fractions, ``figure_mass`` is in %.
+    """
+
+    datasets: dict[str, str]
+    shots: dict[str, list[int]]
+    seeds: list[int]
+    records: pd.DataFrame
+    zero_shot: dict[str, float]
+    n_classes: dict[str, int]
+    selection: Selection
+    batch_size: int = 8
+    grid_side: int = 0
+    cam_setting: str = ""
+    cam_reading: str = ""
+    class_names: dict[str, list[str]] = field(default_factory=dict)
+    mask_area: dict[str, float] = field(default_factory=dict)
+    mask_kind: dict[str, str] = field(default_factory=dict)
+    n_cam_images: dict[str, int] = field(default_factory=dict)
+    figure_mass: dict[str, tuple[float, float]] = field(default_factory=dict)
+    wrong: pd.DataFrame = field(default_factory=pd.DataFrame)
+    n_wrong_images: int = 0
+    wrong_area: float = float("nan")
+    sweep_seconds: float = 0.0
+    sweep_cpu_seconds: float = 0.0
+    probes: dict[str, CamProbe] = field(default_factory=dict)
+
+    @property
+    def roles(self) -> list[str]:
+        return list(self.datasets)
+
+
+def make_probes(
+    setup: Setup,
+    cam_images: int,
+    figure_images: int,
+    wrong_target: Sequence[str],
+    keep_seed: int,
+) -> dict[str, CamProbe]:
+    """A :class:`CamProbe` per role on ``cam_images`` evenly spaced test images, with the first
+    test image of ``figure_images`` evenly spaced classes for the figures; on the digits, the
+    forced target ``wrong_target = (true class, forced class)`` when both are classes there."""
+    probes = {}
+    for role, d in setup.data.items():
+        n_fig = min(figure_images, d.test.n_classes)
+        figure_classes = np.linspace(0, d.test.n_classes, n_fig, endpoint=False).astype(int)
+        wrong = None
+        if role == "mnist" and all(c in d.class_names for c in wrong_target):
+            wrong = tuple(d.class_names.index(c) for c in wrong_target)
+        probes[role] = CamProbe(
+            setup.test[role],
+            np.linspace(0, len(d.test) - 1, min(cam_images, len(d.test))).astype(int),
+            first_of_classes(d.test.labels, figure_classes),
+            setting=setup.cam_validation.setting,
+            wrong_target=wrong,
+            keep_seed=keep_seed,
+        )
+    return probes
+
+
+def wrong_target_rows(probe: CamProbe, shots: int) -> pd.DataFrame:
+    """The forced-target summary of :data:`WRONG_MODELS` (the encoders at ``shots``): one row
+    each, mass and spread of the true and forced maps; empty without a forced target."""
+    if probe.wrong_target is None:
+        return pd.DataFrame([])
+    keys = [(model, 0 if model == "zero-shot" else shots) for model in WRONG_MODELS]
+    return pd.DataFrame(
+        [{"model": m, "shots": k} | probe.wrong_target_summary((m, k)) for m, k in keys]
+    )
+
+
+def run_sweep(
+    setup: Setup,
+    selection: Selection,
+    seeds: Sequence[int],
+    batch_size: int,
+    cam_images: int,
+    figure_images: int,
+    wrong_target: Sequence[str],
+) -> Results:
+    """Every part at every shot count and seed with its chosen schedule, scored on test and
+    measured by the role's :class:`CamProbe`; the pretrained model is the shots-0 row."""
+    probes = make_probes(setup, cam_images, figure_images, wrong_target, seeds[0])
+    started, cpu_started = time.perf_counter(), time.process_time()
+    records = []
+    for role in setup.roles:
+        zero_shot = {"accuracy": setup.test[role].zero_shot()}
+        zero_shot |= probes[role](setup.bundle.model, None, 0, seeds[0])
+        for part in PARTS:
+            records += [
+                {"dataset": role, "part": part, "shots": 0, "seed": s} | zero_shot for s in seeds
+            ]
+            records += [
+                r | {"dataset": role}
+                for r in sweep_part(
+                    setup.bundle,
+                    part,
+                    selection.settings[role, part],
+                    setup.data[role].train,
+                    setup.shots[role],
+                    seeds,
+                    setup.test[role],
+                    batch_size=batch_size,
+                    on_model=probes[role],
+                )
+            ]
+    sweep_seconds = time.perf_counter() - started
+    sweep_cpu_seconds = time.process_time() - cpu_started
+    digits = probes["mnist"]
+    wrong_masks = getattr(digits, "wrong_masks", None)
+    return Results(
+        datasets=dict(setup.datasets),
+        shots=setup.shots,
+        seeds=[int(s) for s in seeds],
+        records=pd.DataFrame.from_records(records),
+        zero_shot=dict(setup.zero_shot),
+        n_classes={role: d.test.n_classes for role, d in setup.data.items()},
+        selection=selection,
+        batch_size=batch_size,
+        grid_side=setup.bundle.model.visual.grid_size[0],
+        cam_setting=setup.cam_validation.setting.label(),
+        cam_reading=saliency.reading(setup.cam_validation),
+        class_names={role: list(d.class_names) for role, d in setup.data.items()},
+        mask_area={role: p.mask_area for role, p in probes.items()},
+        mask_kind={role: p.mask_kind for role, p in probes.items()},
+        n_cam_images={role: len(p.mass_indices) for role, p in probes.items()},
+        figure_mass={role: p.figure_mass() for role, p in probes.items()},
+        wrong=wrong_target_rows(digits, max(setup.shots["mnist"])),
+        n_wrong_images=len(getattr(digits, "wrong_indices", [])),
+        wrong_area=float(wrong_masks.mean()) if wrong_masks is not None else float("nan"),
+        sweep_seconds=sweep_seconds,
+        sweep_cpu_seconds=sweep_cpu_seconds,
+        probes=probes,
+    )
+
+
+def run(
+    *,
+    profile: str,
+    datasets: Sequence[str],
+    shots: Sequence[Sequence[int]],
+    selection_shots: Sequence[int],
+    world_per_class: Sequence[int],
+    max_per_split: int,
+    seeds: Sequence[int],
+    selection_seeds: Sequence[int],
+    encoder_lrs: Sequence[float],
+    projection_lrs: Sequence[float],
+    step_grid: Sequence[int],
+    batch_size: int,
+    cam_images: int,
+    figure_images: int,
+    wrong_target: Sequence[str],
+) -> Results:
+    """The whole chapter from its parameters: :func:`prepare`, :func:`run_selection`,
+    :func:`run_sweep` (the notebook calls the three in turn to show what each chose)."""
+    setup = prepare(
+        profile,
+        datasets,
+        shots,
+        selection_shots,
+        world_per_class,
+        max_per_split,
+        seeds[0],
+        encoder_lrs,
+        projection_lrs,
+    )
+    selection = run_selection(setup, selection_shots, step_grid, selection_seeds, batch_size)
+    return run_sweep(setup, selection, seeds, batch_size, cam_images, figure_images, wrong_target)
+
+
+# --------------------------------------------------------------------------------------------
+# Tables
+# --------------------------------------------------------------------------------------------
+
+
+def overview_table(setup: Setup) -> pd.DataFrame:
+    """The three datasets beside the source's: sizes, shot counts, zero-shot and chance (%)."""
+    roles = setup.roles
+    data = setup.data
+    return pd.DataFrame(
+        {
+            "source's dataset": [SOURCE_NAMES[r] for r in roles],
+            "here": [setup.datasets[r] for r in roles],
+            "classes": [data[r].test.n_classes for r in roles],
+            "train / val / test": [
+                f"{len(data[r].train)} / {len(data[r].val)} / {len(data[r].test)}" for r in roles
+            ],
+            "shots per class": [", ".join(map(str, setup.shots[r])) for r in roles],
+            "zero-shot test %": [round(setup.zero_shot[r], 1) for r in roles],
+            "chance %": [round(100 / data[r].test.n_classes, 1) for r in roles],
+        }
+    )
+
+
+def chosen_table(setup: Setup, selection: Selection) -> pd.DataFrame:
+    """The chosen learning rate and step count: one row per part, one column per dataset."""
+    return pd.DataFrame(
+        {
+            f"{setup.datasets[role]} ({k} shots)": [
+                f"lr {selection.settings[role, p].lr:g}, {selection.settings[role, p].steps} steps"
+                for p in PARTS
+            ]
+            for role, k in selection.shots.items()
+        },
+        index=PARTS,
+    )
+
+
+def selection_grid_table(setup: Setup, selection: Selection) -> pd.DataFrame:
+    """Validation accuracy (%) of every candidate: rows (lr, steps), columns (dataset, part)."""
+    grid = pd.DataFrame.from_records(selection.records)
+    grid["dataset"] = grid["dataset"].map(setup.datasets)
+    return grid.pivot_table(
+        index=["lr", "steps"], columns=["dataset", "part"], values="val", aggfunc="mean", sort=False
+    ).round(1)
+
+
+def accuracy_table(results: Results, role: str) -> pd.DataFrame:
+    """Test accuracy (%, mean ± std over seeds) of one role: rows parts, columns shots."""
+    records = results.records
+    return report.mean_std_table(records[records.dataset == role], index="part", columns="shots")
+
+
+def wrong_target_table(results: Results) -> pd.DataFrame:
+    """Mass on the ink and spread of the true and forced maps (3 decimals)."""
+    return results.wrong.round(3)
+
+
+def cam_mass_table(results: Results) -> pd.DataFrame:
+    """CAM mass inside the mask (mean ± std over seeds) of each part, zero-shot and at the most
+    shots, per dataset."""
+    records = results.records
+    most = records.shots == records.dataset.map({r: max(results.shots[r]) for r in results.roles})
+    chosen = records[most | (records.shots == 0)]
+    return report.mean_std_table(
+        chosen.assign(
+            dataset=chosen.dataset.map(results.datasets),
+            shots=np.where(chosen.shots == 0, "zero-shot", "most shots"),
+        ),
+        index=["dataset", "part"],
+        columns="shots",
+        value="cam_mass",
+        digits=3,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# The chapter's figures
+# --------------------------------------------------------------------------------------------
+
+
+def accuracy_figure(results: Results) -> matplotlib.figure.Figure:
+    """Test accuracy against shots, one panel per dataset, one line per part; chance dotted."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6), sharey=False)
+    records = results.records
+    for ax, (role, name) in zip(axes, results.datasets.items(), strict=True):
+        plot_vs_shots(
+            ax,
+            records=records[records.dataset == role].to_dict("records"),
+            value="accuracy",
+            parts=PARTS,
+            baseline=100 / results.n_classes[role],
+            baseline_label="chance",
+        )
+        ax.set(title=name, ylabel="test accuracy (%)")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def cam_figures(results: Results) -> dict[str, matplotlib.figure.Figure]:
+    """``fig_cam_<role>``: the kept maps of :func:`cam_grid_figure` for every role."""
+    return {
+        f"fig_cam_{role}": cam_grid_figure(
+            probe, probe.scorer.bundle, PARTS, results.shots[role], results.class_names[role]
+        )
+        for role, probe in results.probes.items()
+    }
+
+
+def wrong_target_figures(results: Results) -> dict[str, matplotlib.figure.Figure]:
+    """``fig_wrong_target`` (:func:`wrong_target_figure` of :data:`WRONG_MODELS` on the digits),
+    or nothing without a forced target."""
+    probe = results.probes.get("mnist")
+    if probe is None or probe.wrong_target is None:
+        return {}
+    keys = [
+        (m, int(k)) for m, k in zip(results.wrong["model"], results.wrong["shots"], strict=True)
+    ]
+    fig = wrong_target_figure(probe, probe.scorer.bundle, keys, results.class_names["mnist"])
+    return {"fig_wrong_target": fig}
+
+
+def cam_mass_figure(results: Results) -> matplotlib.figure.Figure:
+    """CAM mass inside the mask against shots, one panel per dataset with masks; a uniform map
+    dotted."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
+    records = results.records
+    for ax, (role, name) in zip(axes, results.datasets.items(), strict=True):
+        if not results.mask_kind.get(role):
+            ax.set_axis_off()
+            continue
+        plot_vs_shots(
+            ax,
+            records=records[records.dataset == role].to_dict("records"),
+            value="cam_mass",
+            parts=PARTS,
+            baseline=results.mask_area[role],
+            baseline_label="uniform map",
+        )
+        ax.set(title=f"{name} ({results.mask_kind[role]})", ylabel="CAM mass inside the mask")
+    axes[-1].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def figures(results: Results) -> dict[str, matplotlib.figure.Figure]:
+    """Every figure of the chapter by its glue name."""
+    return (
+        {"fig_accuracy": accuracy_figure(results)}
+        | cam_figures(results)
+        | wrong_target_figures(results)
+        | {"fig_cam_mass": cam_mass_figure(results)}
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# What the prose cites
+# --------------------------------------------------------------------------------------------
+
+
+def _stat(records: pd.DataFrame, value: str, how: str) -> pd.Series:
+    """``how`` ("mean", "std") of ``value`` per (dataset, part, shots); empty if never measured."""
+    if value not in records:
+        return pd.Series(dtype=float)
+    return records.groupby(["dataset", "part", "shots"])[value].agg(how)
+
+
+def finetune_minutes(results: Results) -> float:
+    """Finetuning and scoring alone: selection and sweep without the CAMs (the issue's budget)."""
+    records = results.records
+    cam_seconds = records.loc[records.shots > 0, "cam_seconds"].sum()
+    return (results.selection.seconds + results.sweep_seconds - cam_seconds) / 60
+
+
+def numbers(results: Results) -> dict[str, float]:
+    """Every number the prose glues, by its glue name."""
+    records, roles = results.records, results.roles
+    out: dict[str, float] = {"grid_side": results.grid_side}
+    for role in roles:
+        out[f"zs_{role}"] = results.zero_shot[role]
+        out[f"chance_{role}"] = 100 / results.n_classes[role]
+        out[f"max_shots_{role}"] = max(results.shots[role])
+    out["selection_seed"] = results.selection.seed
+    out["batch_size"] = results.batch_size
+    cam_seconds = records.loc[records.shots > 0, "cam_seconds"].sum()
+    out["selection_minutes"] = results.selection.seconds / 60
+    out["sweep_minutes"] = results.sweep_seconds / 60
+    out["cam_minutes"] = cam_seconds / 60
+    out["finetune_minutes"] = finetune_minutes(results)
+    out["cpu_minutes"] = (results.selection.cpu_seconds + results.sweep_cpu_seconds) / 60
+    out["n_models"] = int((records.shots > 0).sum())
+    out["n_seeds"] = len(results.seeds)
+    means = _stat(records, "accuracy", "mean")
+    for role in roles:
+        for part in PARTS:
+            out[f"first_{role}_{part}"] = means[role, part, min(results.shots[role])]
+            out[f"max_{role}_{part}"] = means[role, part, max(results.shots[role])]
+    for role in roles:
+        out[f"fig_cam_{role}_mass"], out[f"fig_cam_{role}_area"] = results.figure_mass.get(
+            role, (float("nan"), float("nan"))
+        )
+    wrong = results.wrong
+    for i, key in enumerate(WRONG_KEYS):
+        for col in WRONG_COLUMNS:
+            out[f"wrong_{key}_{col}"] = wrong[col].iloc[i] if col in wrong else float("nan")
+    out["n_wrong_images"] = results.n_wrong_images
+    out["wrong_area_pct"] = 100 * results.wrong_area
+    zs_true = wrong["true_mass"].iloc[0] if "true_mass" in wrong else float("nan")
+    out["wrong_zs_true_mass_pct"] = 100 * zs_true
+    out["n_cam_images"] = results.n_cam_images.get("animals", 0)
+    mass_means = _stat(records, "cam_mass", "mean")
+    for role in roles:
+        out[f"mask_area_{role}"] = results.mask_area.get(role, float("nan"))
+        out[f"mass_{role}_zs"] = mass_means.get((role, PARTS[0], 0), float("nan"))
+        for part in PARTS:
+            key = (role, part, max(results.shots[role]))
+            out[f"mass_{role}_{part}"] = mass_means.get(key, float("nan"))
+    return out
+
+
+def part_name(part: str) -> str:
+    """``"text_encoder"`` -> ``"the text encoder"``."""
+    return "the " + part.replace("_", " ")
+
+
+def order_verdict(at_max: Mapping[str, float], source_leader: str) -> str:
+    """The best part, whether both encoders are ahead of both projections (or the reverse), and
+    whether that is the source's ordering (``source_leader``: "encoders" or "projections")."""
+    if min(at_max[p] for p in ENCODERS) > max(at_max[p] for p in PROJECTIONS):
+        leader, order = "encoders", "both encoders are ahead of both projections"
+    elif min(at_max[p] for p in PROJECTIONS) > max(at_max[p] for p in ENCODERS):
+        leader, order = "projections", "both projections are ahead of both encoders"
+    else:
+        leader, order = None, "encoders and projections are interleaved"
+    source = "as in the source" if leader == source_leader else "unlike in the source"
+    best_part = max(at_max, key=lambda p: at_max[p])
+    return f"the best part is {part_name(best_part)}; {order}, {source}"
+
+
+def forced_vs_true(row: Mapping[str, float] | None) -> str:
+    """The forced map against the true one, in the source's terms (diffuse, off the object).
+
+    A spread gap within 0.01 (of a scale where 1 is a flat map) counts as as diffuse.
+    """
+    cols = ["true_spread", "true_mass", "forced_spread", "forced_mass"]
+    if row is None or not np.isfinite([float(row.get(c, np.nan)) for c in cols]).all():
+        return "not measured (no forced target on this dataset)"
+    spread = compare(
+        row["forced_spread"],
+        row["true_spread"],
+        0.01,
+        ("more diffuse than", "less diffuse than", "as diffuse as"),
+    )
+    mass = "less" if row["forced_mass"] < row["true_mass"] else "no less"
+    return f"{spread} the true map, with {mass} of its mass on the ink"
+
+
+def mass_movers(
+    at_max: Mapping[str, float], at_max_std: Mapping[str, float], zero_shot: float
+) -> str:
+    """The parts whose CAM mass at the most shots exceeds the pretrained model's by more than
+    one standard deviation over seeds (a part moves the map onto the object)."""
+    if not np.isfinite(zero_shot):
+        return "not measured (no masks)"
+    movers = [
+        part_name(p)
+        for p in PARTS
+        if at_max.get(p, float("nan")) > zero_shot + at_max_std.get(p, float("nan"))
+    ]
+    return join_words(movers, empty="none")
+
+
+def budget_verdict(minutes: float, budget: float = BUDGET_MINUTES) -> str:
+    """Whether finetuning and scoring stayed within the issue's budget."""
+    return "stays within" if minutes <= budget else "goes over"
+
+
+def verdicts(results: Results) -> dict[str, str]:
+    """Every computed phrase the prose glues with ``{glue:md}``, by its glue name."""
+    records = results.records
+    out = {"cam_reading": results.cam_reading, "cam_setting": results.cam_setting}
+    out["budget_verdict"] = budget_verdict(finetune_minutes(results))
+    means = _stat(records, "accuracy", "mean")
+    for role in results.roles:
+        at_max = {p: means[role, p, max(results.shots[role])] for p in PARTS}
+        out[f"order_{role}"] = order_verdict(at_max, SOURCE_LEADER[role])
+    wrong = results.wrong
+    for i, key in enumerate(WRONG_KEYS[:2]):
+        row = wrong.iloc[i] if len(wrong) > i else None
+        out[f"wrong_{key}_verdict"] = forced_vs_true(row)
+    mass_means = _stat(records, "cam_mass", "mean")
+    mass_std = _stat(records, "cam_mass", "std").fillna(0.0)
+    for role in results.roles:
+        most = max(results.shots[role])
+        out[f"mass_movers_{role}"] = mass_movers(
+            {p: mass_means.get((role, p, most), float("nan")) for p in PARTS},
+            {p: mass_std.get((role, p, most), float("nan")) for p in PARTS},
+            mass_means.get((role, PARTS[0], 0), float("nan")),
+        )
+    return out
+
+
 __all__ = [
     "IMAGE_PARTS",
+    "PARTS",
+    "ROLES",
     "TEXT_PARTS",
     "CamProbe",
+    "Results",
+    "Selection",
     "Setting",
+    "Setup",
     "SplitScorer",
+    "accuracy_figure",
+    "accuracy_table",
+    "budget_verdict",
+    "cam_figures",
     "cam_grid_figure",
+    "cam_mass_figure",
+    "cam_mass_table",
     "cam_spread",
+    "chosen_table",
+    "figures",
     "first_of_classes",
+    "forced_vs_true",
     "frozen_features",
     "ink_masks",
     "load_study_dataset",
+    "mass_movers",
+    "numbers",
     "object_masks",
+    "order_verdict",
+    "overview_table",
     "plot_vs_shots",
+    "prepare",
+    "run",
+    "run_selection",
+    "run_sweep",
     "select_setting",
+    "selection_grid_table",
     "sweep_part",
+    "verdicts",
     "wrong_target_figure",
+    "wrong_target_figures",
+    "wrong_target_table",
 ]

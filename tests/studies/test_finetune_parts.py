@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -149,3 +152,239 @@ def test_cam_probe_on_world_masks(smoke_bundle):
     out = probe(smoke_bundle.model, None, 0, 0)
     assert 0.0 <= out["cam_mass"] <= 1.0 and 0.0 < out["cam_spread"] <= 1.0
     assert probe.maps[("zero-shot", 0)].shape == (2, 32, 32)
+
+
+# --------------------------------------------------------------------------------------------
+# numbers and verdicts, on hand-made results
+# --------------------------------------------------------------------------------------------
+
+SHOTS = [1, 5]
+SEEDS = [0, 1]
+NAN = float("nan")
+
+
+def make_results(
+    at_max: dict[str, dict[str, float]] | None = None,
+    mass_at_max: dict[str, dict[str, tuple[float, float]]] | None = None,
+    zs_mass: dict[str, float] | None = None,
+    wrong: pd.DataFrame | None = None,
+    minutes: float = 5.0,
+) -> ps.Results:
+    """Results of a sweep over two seeds at 0, 1 and 5 shots: every accuracy is 50 % and every
+    CAM mass 0.3 unless ``at_max`` (accuracy at 5 shots), ``mass_at_max`` (mass at 5 shots, per
+    seed) or ``zs_mass`` (the pretrained model's mass, NaN = no masks) say otherwise. Selection
+    and sweep take ``minutes`` in all, of which the CAMs take none."""
+    records = []
+    for role in ps.ROLES:
+        for part in ps.PARTS:
+            for shots in [0, *SHOTS]:
+                for seed in SEEDS:
+                    accuracy, mass = 50.0, (zs_mass or {}).get(role, 0.3)
+                    if shots == max(SHOTS):
+                        accuracy = (at_max or {}).get(role, {}).get(part, 50.0)
+                        mass = (mass_at_max or {}).get(role, {}).get(part, (mass, mass))[seed]
+                    records.append(
+                        {
+                            "dataset": role,
+                            "part": part,
+                            "shots": shots,
+                            "seed": seed,
+                            "accuracy": accuracy,
+                            "cam_mass": mass,
+                            "cam_seconds": 0.0,
+                        }
+                    )
+    selection = ps.Selection(settings={}, records=[], shots={}, seed=0, seconds=0.0)
+    return ps.Results(
+        datasets={"mnist": "digits", "flowers": "sketch", "animals": "photo"},
+        shots={role: list(SHOTS) for role in ps.ROLES},
+        seeds=list(SEEDS),
+        records=pd.DataFrame.from_records(records),
+        zero_shot={role: 20.0 for role in ps.ROLES},
+        n_classes={"mnist": 10, "flowers": 8, "animals": 8},
+        selection=selection,
+        cam_setting="GradCAM at the last block",
+        cam_reading="The maps are read as evidence.",
+        mask_area={role: 0.25 for role in ps.ROLES},
+        wrong=pd.DataFrame([]) if wrong is None else wrong,
+        sweep_seconds=60.0 * minutes,
+    )
+
+
+def wrong_table(zs: dict[str, float], image_encoder: dict[str, float]) -> pd.DataFrame:
+    rows = [{"model": "zero-shot", "shots": 0} | zs, {"model": "image_encoder", "shots": 5}]
+    rows[1] |= image_encoder
+    rows.append({"model": "text_encoder", "shots": 5} | zs)
+    return pd.DataFrame(rows)
+
+
+def test_numbers_have_the_glue_keys_the_prose_cites(repo):
+    import re
+
+    results = make_results(at_max={"mnist": {"image_encoder": 90.0}})
+    numbers, verdicts = ps.numbers(results), ps.verdicts(results)
+    text = (repo / "notebooks" / "03_finetune_parts.py").read_text()
+    cited = set(re.findall(r"\{glue:text\}`(\w+)", text))
+    assert cited - set(numbers) == {"total_minutes"}  # the notebook times itself
+    assert set(re.findall(r"\{glue:md\}`(\w+)`", text)) == set(verdicts)
+    assert numbers["max_mnist_image_encoder"] == 90.0 and numbers["first_mnist_text_encoder"] == 50
+    assert numbers["chance_mnist"] == 10.0 and numbers["max_shots_flowers"] == 5
+    assert numbers["n_models"] == 3 * 4 * 2 * 2 and numbers["n_seeds"] == 2
+    assert numbers["mass_animals_zs"] == 0.3 and numbers["mask_area_flowers"] == 0.25
+    assert math.isnan(numbers["wrong_zs_true_mass"]) and math.isnan(numbers["wrong_area_pct"])
+    assert math.isnan(numbers["fig_cam_mnist_mass"])
+
+
+def test_numbers_without_cam_masses_read_nan():
+    results = make_results()
+    results.records = results.records.drop(columns="cam_mass")
+    numbers, verdicts = ps.numbers(results), ps.verdicts(results)
+    assert math.isnan(numbers["mass_mnist_zs"]) and math.isnan(numbers["mass_mnist_text_encoder"])
+    assert verdicts["mass_movers_mnist"] == "not measured (no masks)"
+
+
+@pytest.mark.parametrize(
+    ("minutes", "words"), [(8.0, "stays within"), (7.5, "stays within"), (8.01, "goes over")]
+)
+def test_budget_verdict(minutes, words):
+    results = make_results(minutes=minutes)
+    assert ps.numbers(results)["finetune_minutes"] == pytest.approx(minutes)
+    assert ps.verdicts(results)["budget_verdict"] == words
+
+
+def test_the_budget_leaves_the_cams_out():
+    results = make_results(minutes=9.0)
+    results.records.loc[results.records.shots > 0, "cam_seconds"] = 60.0 / len(results.records)
+    assert ps.verdicts(results)["budget_verdict"] == "goes over"
+    results.records.loc[results.records.shots > 0, "cam_seconds"] = 2 * 60.0
+    assert ps.numbers(results)["cam_minutes"] == pytest.approx(2 * 48)
+    assert ps.verdicts(results)["budget_verdict"] == "stays within"
+
+
+ENCODERS_LEAD = {"text_encoder": 80.0, "image_encoder": 90.0, "text_projection": 60.0}
+PROJECTIONS_LEAD = {"text_encoder": 40.0, "image_encoder": 45.0, "text_projection": 70.0}
+INTERLEAVED = {"text_encoder": 80.0, "image_encoder": 40.0, "text_projection": 60.0}
+
+
+@pytest.mark.parametrize(
+    ("role", "at_max", "words"),
+    [
+        (
+            "mnist",
+            ENCODERS_LEAD,
+            "the best part is the image encoder; both encoders are ahead of both projections, "
+            "as in the source",
+        ),
+        (
+            "animals",
+            ENCODERS_LEAD,
+            "the best part is the image encoder; both encoders are ahead of both projections, "
+            "unlike in the source",
+        ),
+        (
+            "flowers",
+            PROJECTIONS_LEAD,
+            "the best part is the text projection; both projections are ahead of both encoders, "
+            "as in the source",
+        ),
+        (
+            "mnist",
+            PROJECTIONS_LEAD,
+            "the best part is the text projection; both projections are ahead of both encoders, "
+            "unlike in the source",
+        ),
+        (
+            "animals",
+            INTERLEAVED,
+            "the best part is the text encoder; encoders and projections are interleaved, "
+            "unlike in the source",
+        ),
+    ],
+)
+def test_order_verdict(role, at_max, words):
+    # the image projection stays at 50 %: ahead of 45 and 40, behind 60
+    assert ps.verdicts(make_results(at_max={role: at_max}))[f"order_{role}"] == words
+
+
+def test_order_verdict_ties_are_interleaved_and_the_first_best_part_wins():
+    tied = {"text_encoder": 50.0, "image_encoder": 60.0, "text_projection": 60.0}
+    words = ps.verdicts(make_results(at_max={"mnist": tied}))["order_mnist"]
+    assert words == (
+        "the best part is the image encoder; encoders and projections are interleaved, "
+        "unlike in the source"
+    )
+
+
+TRUE = {"true_mass": 0.6, "true_spread": 0.80}
+
+
+@pytest.mark.parametrize(
+    ("forced", "words"),
+    [
+        (
+            {"forced_mass": 0.4, "forced_spread": 0.85},
+            "more diffuse than the true map, with less of its mass on the ink",
+        ),
+        (
+            {"forced_mass": 0.7, "forced_spread": 0.70},
+            "less diffuse than the true map, with no less of its mass on the ink",
+        ),
+        (
+            {"forced_mass": 0.6, "forced_spread": 0.805},
+            "as diffuse as the true map, with no less of its mass on the ink",
+        ),
+        (
+            {"forced_mass": 0.5, "forced_spread": 0.795},
+            "as diffuse as the true map, with less of its mass on the ink",
+        ),
+    ],
+)
+def test_forced_target_verdict(forced, words):
+    results = make_results(wrong=wrong_table(TRUE | forced, TRUE | forced))
+    verdicts = ps.verdicts(results)
+    assert verdicts["wrong_zs_verdict"] == verdicts["wrong_image_encoder_verdict"] == words
+    assert ps.numbers(results)["wrong_zs_forced_mass"] == forced["forced_mass"]
+
+
+def test_forced_target_verdict_when_not_measured():
+    missing = "not measured (no forced target on this dataset)"
+    verdicts = ps.verdicts(make_results())  # no forced target: an empty table
+    assert verdicts["wrong_zs_verdict"] == verdicts["wrong_image_encoder_verdict"] == missing
+    # no ink masks: spreads but no masses
+    spreads = {"true_spread": 0.8, "forced_spread": 0.9}
+    verdicts = ps.verdicts(make_results(wrong=wrong_table(spreads, spreads)))
+    assert verdicts["wrong_zs_verdict"] == missing
+
+
+@pytest.mark.parametrize(
+    ("mass_at_max", "words"),
+    [
+        ({}, "none"),
+        ({"image_encoder": (0.5, 0.6)}, "the image encoder"),
+        (
+            {"text_encoder": (0.5, 0.5), "image_encoder": (0.4, 0.4)},
+            "the text encoder and the image encoder",
+        ),
+        (
+            {p: (0.9, 0.9) for p in ps.PARTS[1:]},
+            "the image encoder, the text projection and the image projection",
+        ),
+        # above the pretrained model's 0.3 on average, but not by more than one std over seeds
+        ({"image_encoder": (0.1, 0.7)}, "none"),
+    ],
+)
+def test_mass_movers_verdict(mass_at_max, words):
+    results = make_results(mass_at_max={"flowers": mass_at_max})
+    assert ps.verdicts(results)["mass_movers_flowers"] == words
+    assert ps.verdicts(results)["mass_movers_animals"] == "none"
+
+
+def test_mass_movers_without_masks():
+    results = make_results(zs_mass={"mnist": NAN})
+    assert ps.verdicts(results)["mass_movers_mnist"] == "not measured (no masks)"
+
+
+def test_cam_phrases_pass_through():
+    verdicts = ps.verdicts(make_results())
+    assert verdicts["cam_setting"] == "GradCAM at the last block"
+    assert verdicts["cam_reading"] == "The maps are read as evidence."

@@ -6,7 +6,10 @@ Tip-Adapter-F's epoch selection) are in tests/methods/test_tip_adapter.py; these
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
@@ -17,7 +20,7 @@ from clipnb.core.features import SplitFeatures, image_tensors
 from clipnb.methods import few_shot
 from clipnb.methods.saliency import CamSetting
 from clipnb.methods.tip_adapter import TipAdapter
-from clipnb.studies import tip_adapter as tip_adapter_figures
+from clipnb.studies import tip_adapter as tip_study
 
 LOGIT_SCALE = 50.0
 
@@ -178,11 +181,9 @@ def test_run_few_shot_is_deterministic_and_shaped_for_tables() -> None:
     assert all({"dataset", "method", "shots", "seed", "accuracy"} <= r.keys() for r in a)
     table = report.mean_std_table(a, "method", "shots")
     assert table.shape == (len(methods), 1)
-    fig = tip_adapter_figures.plot_accuracy_vs_shots(a)
+    fig = tip_study.plot_accuracy_vs_shots(a)
     assert len(fig.axes) == 1
-    fig = tip_adapter_figures.plot_alpha_beta_grid(
-        np.full((2, 3), 0.5), [0.0, 1.0], [1.0, 2.0, 5.0]
-    )
+    fig = tip_study.plot_alpha_beta_grid(np.full((2, 3), 0.5), [0.0, 1.0], [1.0, 2.0, 5.0])
     assert fig.axes[0].images[0].get_array().shape == (2, 3)
     with pytest.raises(ValueError, match="methods"):
         few_shot.run_few_shot(task, {}, [1], [0])
@@ -236,7 +237,436 @@ def test_tip_adapter_cams_over_shots() -> None:
     shown = report.display_images(bundle, pixels)
     assert shown.shape == (3, bundle.image_size, bundle.image_size, 3) and shown.dtype == np.uint8
     np.testing.assert_allclose(shown.astype(int), data.test.images[rows].astype(int), atol=2)
-    fig = tip_adapter_figures.cam_grid_figure(
-        shown, {"zero-shot": zs[1], "1 shot": tip[1]}, ["a", "b", "c"]
-    )
+    fig = tip_study.cam_grid_figure(shown, {"zero-shot": zs[1], "1 shot": tip[1]}, ["a", "b", "c"])
     assert len([ax for ax in fig.axes if ax.images]) == 3 * 3
+
+
+# --------------------------------------------------------------------------------------------
+# numbers and verdicts, on hand-made results
+# --------------------------------------------------------------------------------------------
+
+METHODS = list(tip_study.METHOD_KEYS.values())
+BASE = {
+    "zero-shot": 20.0,
+    "linear probe": 30.0,
+    "zero-shot-init head": 25.0,
+    "Tip-Adapter": 40.0,
+    "Tip-Adapter-F": 41.0,
+}
+SHOTS = [1, 4]
+FRACTIONS = [0.0, 0.01, 0.1, 1.0]
+BETAS = [1.0, 5.0, 20.0]
+
+
+def make_sweep(
+    accuracy: dict[tuple, float] | None = None,
+    datasets: tuple[str, ...] = ("digits", "sketch"),
+    alpha_fraction: float = 1.0,
+    beta: float = 20.0,
+    lr: float = 1e-3,
+) -> tip_study.Sweep:
+    """One seed of every method at 1 and 4 shots (and 5 on the first dataset, the table's):
+    the accuracies of ``BASE`` unless ``accuracy`` gives ``(dataset, method, shots)`` or
+    ``(dataset, method)``; every Tip-Adapter run chose ``alpha_fraction`` and ``beta``, every
+    Tip-Adapter-F run ``lr``."""
+    accuracy = accuracy or {}
+    records = []
+    for d in datasets:
+        for k in sorted(set(SHOTS) | ({5} if d == datasets[0] else set())):
+            for m in METHODS:
+                acc = accuracy.get((d, m, k), accuracy.get((d, m), BASE[m]))
+                record = {"dataset": d, "method": m, "shots": k, "seed": 0, "accuracy": acc}
+                if m.startswith("Tip-Adapter"):
+                    record |= {"alpha_fraction": alpha_fraction, "beta": beta}
+                if m == "Tip-Adapter-F":
+                    record |= {"epoch": 3.0, "lr": lr}
+                records.append(record)
+    return tip_study.Sweep(
+        records=records,
+        methods=METHODS,
+        datasets=list(datasets),
+        shots=SHOTS,
+        seeds=[0],
+        table_dataset=datasets[0],
+        table_shots=5,
+        n_classes={d: 10 for d in datasets},
+    )
+
+
+def make_results(
+    sweep: tip_study.Sweep | None = None,
+    val_grid: np.ndarray | None = None,
+    alpha_fractions: list[float] = FRACTIONS,
+    paper_curve: list[float] = (2.0, 1.5, 1.0),
+    mass: list[float] | None = None,
+    mask_area: float = 0.2,
+) -> tip_study.Results:
+    """Results around ``sweep``: a validation grid whose zero-shot row scores 0.2 and best cell
+    0.6 (at the paper's alpha: 0.3), and CAM masses (%) at 0, 1 and 4 shots (None: no masks)."""
+    if val_grid is None:
+        val_grid = np.array([[0.2] * 3, [0.3, 0.25, 0.2], [0.4] * 3, [0.5, 0.6, 0.55]])
+    table = pd.DataFrame()
+    if mass is not None:
+        table = pd.DataFrame(
+            {"shots (0 = zero-shot)": [0, *SHOTS], "CAM mass on the object (%)": mass}
+        ).set_index("shots (0 = zero-shot)")
+    return tip_study.Results(
+        sweep=sweep or make_sweep(),
+        logit_scale=14.0,
+        alpha_fractions=alpha_fractions,
+        betas=BETAS,
+        tip_f_epochs=4,
+        val_grid=val_grid,
+        mean_cos=0.9,
+        loss_curves={"paper": list(paper_curve), "small": [2.0, 1.9]},
+        cam_setting="GradCAM at the last block",
+        cam_reading="The maps are read as evidence.",
+        mass=table,
+        mask_area=mask_area if mass is not None else float("nan"),
+    )
+
+
+def verdict(key: str, **kwargs) -> str:
+    return tip_study.verdicts(make_results(**kwargs))[key]
+
+
+def test_numbers_have_the_glue_keys_the_prose_cites(repo):
+    import re
+
+    results = make_results(mass=[30.0, 31.0, 35.0])
+    numbers = tip_study.numbers(results)
+    verdicts = tip_study.verdicts(results)
+    text = (repo / "notebooks" / "04_tip_adapter.py").read_text()
+    assert set(re.findall(r"\{glue:text\}`(\w+)", text)) - set(numbers) == {"wall_seconds"}
+    assert set(re.findall(r"\{glue:md\}`(\w+)`", text)) == set(verdicts)
+    assert numbers["t5_tip"] == 40.0 and numbers["t5_ratio"] == 2.0
+    assert numbers["kmax_probe"] == 30.0 and numbers["strong_chance"] == 10.0
+    assert numbers["tipf_minus_tip"] == pytest.approx(1.0)
+    assert numbers["n_cells"] == 4 and numbers["n_tip_ahead"] == 4
+    assert numbers["alpha_min"] == 0.01 and numbers["alpha_max"] == 1.0
+    assert numbers["large_k"] == 4 and numbers["small_lr_share"] == 0.0
+    assert numbers["grid_zero_shot"] == 20.0 and numbers["grid_best"] == 60.0
+    assert numbers["grid_paper"] == 30.0
+    assert numbers["tipf_loss_first_paper"] == 2.0 and numbers["tipf_loss_peak_small"] == 2.0
+    assert numbers["mass_zs"] == 30.0 and numbers["mass_kmax"] == 35.0
+    assert numbers["mask_area"] == 20.0
+    assert math.isnan(numbers["fig_tip_cam_mass"]) and math.isnan(numbers["fig_tip_cam_area"])
+
+
+def test_numbers_without_masks_or_the_papers_alpha_read_nan():
+    results = make_results(alpha_fractions=[0.0, 0.1, 0.3, 1.0])
+    numbers = tip_study.numbers(results)
+    assert math.isnan(numbers["grid_paper"]) and math.isnan(numbers["mass_zs"])
+    assert math.isnan(numbers["mask_area"]) and numbers["alpha_min"] == 0.1
+
+
+def test_the_cams_shown_are_scored_on_the_ink():
+    results = make_results()
+    results.cam_masses, results.cam_area = [0.2, 0.4], 0.25
+    numbers = tip_study.numbers(results)
+    assert numbers["fig_tip_cam_mass"] == pytest.approx(30.0)
+    assert numbers["fig_tip_cam_area"] == 25.0
+
+
+@pytest.mark.parametrize(
+    ("t5_tip", "cache", "claim"),
+    [
+        (
+            40.0,
+            "As the source says, the cache lifts the accuracy with no gradient step: a few "
+            "labelled images carry what the prompts lack for an out-of-distribution dataset.",
+            "holds in direction on this model: on the out-of-distribution digits a cache of a "
+            "few labelled images per class, with no gradient step, lifts CLIP above its "
+            "zero-shot accuracy",
+        ),
+        (
+            20.0,  # level with zero-shot is not a lift
+            "Unlike in the source, the cache does not lift the accuracy above zero-shot here.",
+            "does not hold on this model: on the out-of-distribution digits a cache of a few "
+            "labelled images per class does not lift CLIP above its zero-shot accuracy",
+        ),
+    ],
+)
+def test_cache_and_claim_verdicts(t5_tip, cache, claim):
+    sweep = make_sweep({("digits", "Tip-Adapter", 5): t5_tip})
+    verdicts = tip_study.verdicts(make_results(sweep))
+    assert verdicts["t5_cache_verdict"] == cache
+    assert verdicts["claim_verdict"] == claim
+
+
+PAPER = "the Tip-Adapter paper, where the cache is ahead of a linear probe at few shots"
+
+
+@pytest.mark.parametrize(
+    ("probe", "head", "words"),
+    [
+        (40.0, 45.0, f"are both at or above the cache here, unlike in {PAPER}"),
+        (30.0, 25.0, f"are both below the cache here, as in {PAPER}"),
+        (
+            41.0,
+            25.0,
+            "fall on both sides of the cache here: the linear probe at or above it, "
+            "the zero-shot-init head below it",
+        ),
+        (
+            39.0,
+            40.0,
+            "fall on both sides of the cache here: the zero-shot-init head at or above it, "
+            "the linear probe below it",
+        ),
+    ],
+)
+def test_trained_vs_cache_verdict(probe, head, words):
+    sweep = make_sweep(
+        {("digits", "linear probe", 5): probe, ("digits", "zero-shot-init head", 5): head}
+    )
+    assert verdict("t5_trained_vs_cache", sweep=sweep) == words
+
+
+def test_strong_name_is_the_dataset_with_the_best_zero_shot():
+    assert verdict("strong_name") == "digits"  # a tie: the first dataset
+    assert verdict("strong_name", sweep=make_sweep({("sketch", "zero-shot"): 21.0})) == "sketch"
+
+
+@pytest.mark.parametrize(
+    ("tip", "words"),
+    [
+        (
+            30.5,
+            "there the blend with zero-shot is what counts, as the probe has no prior to fall "
+            "back on",
+        ),
+        (30.0, "the blend with zero-shot gives the cache no edge over the probe there"),
+    ],
+)
+def test_blend_verdict(tip, words):
+    assert verdict("strong_blend", sweep=make_sweep({("digits", "Tip-Adapter", 1): tip})) == words
+
+
+@pytest.mark.parametrize(
+    ("tip", "words"),
+    [
+        (21.5, "The cache adds to zero-shot there"),
+        (21.0, "The cache itself changes little there"),
+        (19.0, "The cache itself changes little there"),
+        (18.5, "The cache itself takes accuracy away there"),
+    ],
+)
+def test_cache_gain_verdict(tip, words):
+    sweep = make_sweep({("digits", "Tip-Adapter", 4): tip})
+    assert verdict("strong_cache_gain", sweep=sweep) == words
+    assert tip_study.numbers(make_results(sweep))["strong_tip_gain"] == tip - 20
+
+
+def test_cache_gain_verdict_when_not_measured():
+    assert tip_study.cache_gain_verdict(float("nan")) == "not measured"
+
+
+@pytest.mark.parametrize(
+    ("accuracy", "words"),
+    [
+        ({}, "the linear probe first reaches it at 1 shot"),
+        ({("digits", "linear probe", 1): 19.0}, "the linear probe first reaches it at 4 shots"),
+        (  # level with zero-shot counts as reached
+            {("digits", "linear probe", 4): 20.0, ("digits", "linear probe", 1): 10.0},
+            "the linear probe first reaches it at 4 shots",
+        ),
+        ({("digits", "linear probe"): 19.9}, "the linear probe does not reach it within 4 shots"),
+    ],
+)
+def test_probe_reach_verdict(accuracy, words):
+    assert verdict("strong_probe_reach", sweep=make_sweep(accuracy)) == words
+
+
+@pytest.mark.parametrize(
+    ("datasets", "probe_ahead_on", "words"),
+    [
+        (("digits",), (), "no dataset other than digits"),
+        (("digits", "sketch"), (), "no dataset other than digits"),
+        (("digits", "sketch"), ("sketch",), "the one dataset other than digits"),
+        (("digits", "sketch", "photo"), (), "neither dataset other than digits"),
+        (("digits", "sketch", "photo"), ("photo",), "1 of the 2 datasets other than digits"),
+        (("digits", "sketch", "photo"), ("sketch", "photo"), "both datasets other than digits"),
+        (("digits", "a", "b", "c"), ("a", "b", "c"), "every dataset other than digits"),
+        (("digits", "a", "b", "c"), (), "no dataset other than digits"),
+    ],
+)
+def test_probe_ahead_others_verdict(datasets, probe_ahead_on, words):
+    sweep = make_sweep({(d, "linear probe", 4): 41.0 for d in probe_ahead_on}, datasets)
+    assert verdict("probe_ahead_others", sweep=sweep) == words
+
+
+@pytest.mark.parametrize(
+    ("accuracy", "words"),
+    [
+        ({}, "this model reproduces that ordering"),
+        ({("sketch", "linear probe", 1): 40.0}, "this model reproduces it only in part"),
+        (
+            {("digits", "linear probe"): 45.0, ("sketch", "linear probe"): 45.0},
+            "this model does not reproduce that ordering",
+        ),
+    ],
+)
+def test_paper_order_verdict(accuracy, words):
+    results = make_results(make_sweep(accuracy))
+    assert tip_study.verdicts(results)["paper_order_verdict"] == words
+
+
+@pytest.mark.parametrize(
+    ("gap", "words"),
+    [
+        (3.5, "adds clearly over"),
+        (3.0, "adds a little over"),
+        (0.75, "adds a little over"),
+        (0.5, "is level with"),
+        (-0.5, "is level with"),
+        (-0.75, "falls below"),
+    ],
+)
+def test_tipf_verdict(gap, words):
+    sweep = make_sweep({(d, "Tip-Adapter-F"): 40.0 + gap for d in ("digits", "sketch")})
+    assert verdict("tipf_verdict", sweep=sweep) == words
+    assert tip_study.tipf_verdict(float("nan")) == "not measured"
+
+
+@pytest.mark.parametrize(
+    ("alpha", "beta", "regime", "reading"),
+    [
+        (
+            1.0,
+            10.0,
+            "far above the paper's regime",
+            "on this model Tip-Adapter works as a sharp, soft nearest-neighbour classifier with "
+            "the prompts as a tie-breaker",
+        ),
+        (
+            1.0,
+            5.0,
+            "far above the paper's regime",
+            "on this model the cache and the prompts share the vote",
+        ),
+        (
+            0.03,
+            20.0,
+            "above the paper's regime",
+            "on this model the cache and the prompts share the vote",
+        ),
+        (
+            0.01,
+            20.0,
+            "at the paper's regime",
+            "on this model the prompts dominate and the cache is a correction, as in the paper's "
+            "regime",
+        ),
+        (
+            0.003,
+            1.0,
+            "below the paper's regime",
+            "on this model the prompts dominate and the cache is a correction, as in the paper's "
+            "regime",
+        ),
+    ],
+)
+def test_alpha_verdicts(alpha, beta, regime, reading):
+    results = make_results(make_sweep(alpha_fraction=alpha, beta=beta))
+    verdicts = tip_study.verdicts(results)
+    assert verdicts["alpha_regime"] == regime
+    assert verdicts["alpha_reading"] == reading
+    assert tip_study.numbers(results)["alpha_fraction_median"] == alpha
+
+
+def test_small_learning_rates_are_counted_from_the_large_shot_counts():
+    results = make_results(make_sweep(lr=1e-4))
+    assert tip_study.numbers(results)["small_lr_share"] == 100.0
+
+
+@pytest.mark.parametrize(
+    ("curve", "words"),
+    [
+        (
+            (1.0, 1.6, 0.9),
+            "the keys jump: the training loss climbs well above its first-epoch value",
+        ),
+        ((1.0, 1.5, 0.9), "the training loss stays within half again of its first-epoch value"),
+    ],
+)
+def test_tipf_jump_verdict(curve, words):
+    assert verdict("tipf_jump", paper_curve=curve) == words
+
+
+def grid(paper: float, best: float = 0.6) -> np.ndarray:
+    """Zero-shot row 0.2, the paper's alpha row best at ``paper``, best cell ``best``."""
+    return np.array([[0.2] * 3, [paper, 0.2, 0.2], [0.2] * 3, [0.2, best, 0.2]])
+
+
+@pytest.mark.parametrize(
+    ("val_grid", "fractions", "words"),
+    [
+        (
+            grid(0.25),
+            FRACTIONS,
+            "little of the best cell's gain over zero-shot: the cache is outvoted by the "
+            "prompts, and a grid copied from the paper would all but turn Tip-Adapter into "
+            "zero-shot CLIP on this model",
+        ),
+        (
+            grid(0.35),
+            FRACTIONS,
+            "part of the best cell's gain over zero-shot: the prompts still hold the cache back",
+        ),
+        (
+            grid(0.5),
+            FRACTIONS,
+            "most of the best cell's gain over zero-shot: the paper's regime already works here",
+        ),
+        (
+            grid(0.2, best=0.2),
+            FRACTIONS,
+            "nothing over zero-shot, as no cell of the grid beats zero-shot on this validation "
+            "split",
+        ),
+        (
+            grid(0.3),
+            [0.0, 0.03, 0.1, 1.0],
+            "an undefined share of the gain (the grid has no $a = 0.01$ row)",
+        ),
+    ],
+)
+def test_grid_paper_verdict(val_grid, fractions, words):
+    assert verdict("grid_paper_verdict", val_grid=val_grid, alpha_fractions=fractions) == words
+
+
+@pytest.mark.parametrize(
+    ("mass", "words"),
+    [
+        (
+            [25.0, 27.0, 30.0],
+            "on this task Tip-Adapter's map at the most shots puts more of its mass on the object "
+            "than zero-shot CLIP's, and more than a uniform map would",
+        ),
+        (
+            [25.0, 27.0, 20.0],
+            "on this task Tip-Adapter's map at the most shots puts no more of its mass on the "
+            "object than zero-shot CLIP's, and no more than a uniform map would",
+        ),
+        (
+            [15.0, 17.0, 18.0],
+            "on this task Tip-Adapter's map at the most shots puts more of its mass on the object "
+            "than zero-shot CLIP's, and no more than a uniform map would",
+        ),
+        (
+            [25.0, 27.0, 25.0],
+            "on this task Tip-Adapter's map at the most shots puts no more of its mass on the "
+            "object than zero-shot CLIP's, and more than a uniform map would",
+        ),
+        (None, "without object masks this is not measured here"),
+    ],
+)
+def test_mass_verdict(mass, words):
+    assert verdict("mass_verdict", mass=mass, mask_area=0.2) == words
+
+
+def test_cam_phrases_pass_through():
+    verdicts = tip_study.verdicts(make_results())
+    assert verdicts["cam_setting"] == "GradCAM at the last block"
+    assert verdicts["cam_reading"] == "The maps are read as evidence."
