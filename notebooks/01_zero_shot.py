@@ -53,7 +53,7 @@ import numpy as np
 import pandas as pd
 
 import clipnb
-from clipnb.core import profiles, report
+from clipnb.core import report
 from clipnb.core.evaluation import PROBE_CS, accuracy, zero_shot_logits
 from clipnb.core.features import (
     ENSEMBLE_TEMPLATES,
@@ -63,11 +63,12 @@ from clipnb.core.features import (
 )
 from clipnb.data import reference
 from clipnb.methods import backbones
+from clipnb.methods.backbones import load_model
 from clipnb.studies.zero_shot import label_probs, pick_classes, plot_label_probs, probe_records
 
 clipnb.seed_everything(seeds[0])
 report.set_style()
-bundle = profiles.load_model(profile)
+bundle = load_model(profile)
 towers = {name: backbones.load_backbone(name, profile, pixel_size=pixel_size) for name in baselines}
 labels = {"clip": "CLIP", **{name: backbones.backbone_label(name) for name in baselines}}
 

@@ -48,17 +48,18 @@ import pandas as pd
 import torch
 
 import clipnb
-from clipnb.core import profiles, report
+from clipnb.core import report
 from clipnb.core.evaluation import accuracy, zero_shot_logits
 from clipnb.core.features import ENSEMBLE_TEMPLATES, SINGLE_TEMPLATE
 from clipnb.methods import few_shot
+from clipnb.methods.backbones import load_model
 from clipnb.methods.heads import LinearHead, train_head
 from clipnb.studies import tip_adapter as tip_adapter_figures
 from clipnb.studies.zero_shot import plot_val_curves
 
 clipnb.seed_everything(seeds[0])
 report.set_style()
-bundle = profiles.load_model(profile)
+bundle = load_model(profile)
 templates = {"single": SINGLE_TEMPLATE, "ensemble": ENSEMBLE_TEMPLATES}[prompt]
 
 
