@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -33,6 +34,9 @@ from clipnb.methods.saliency import (
     mass_in_mask,
 )
 from clipnb.studies.verdicts import compare, join_words
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = [
     "KAPPA_BOUNDS",
@@ -347,13 +351,13 @@ def scale_table(results: EmbeddedClipResults) -> pd.DataFrame:
 # --- figures ---------------------------------------------------------------------------------------
 
 
-def world_figure(results: EmbeddedClipResults):
+def world_figure(results: EmbeddedClipResults) -> Figure:
     """Samples of the generated world, one row per style, with one of their captions."""
     examples = results.world_examples
     return report.image_grid([e[0] for e in examples], [e[1] for e in examples], ncols=6, size=1.6)
 
 
-def loss_figure(results: EmbeddedClipResults):
+def loss_figure(results: EmbeddedClipResults) -> Figure:
     """Contrastive loss during pretraining, on the training batches and on held-out pairs."""
     import matplotlib.pyplot as plt
 
@@ -375,7 +379,7 @@ def loss_figure(results: EmbeddedClipResults):
     return fig
 
 
-def zero_shot_figure(results: EmbeddedClipResults):
+def zero_shot_figure(results: EmbeddedClipResults) -> Figure:
     """Zero-shot accuracy per task and style: seen styles green, unseen data red, chance ticked."""
     import matplotlib.pyplot as plt
 
@@ -406,7 +410,7 @@ def cascade_frame(result: SaliencyValidation, layer: str | None = None) -> pd.Da
     return long.assign(stage=lambda df: df.stage.str.removeprefix("rho_"))
 
 
-def cascade_figure(result: SaliencyValidation):
+def cascade_figure(result: SaliencyValidation) -> Figure:
     """Rank correlation with the trained model's maps as the tower is randomised from the top."""
     import matplotlib.pyplot as plt
     import seaborn as sns
@@ -428,7 +432,7 @@ def cascade_figure(result: SaliencyValidation):
     return fig
 
 
-def example_figure(examples: CamExamples):
+def example_figure(examples: CamExamples) -> Figure:
     """The images (mask outlined in white), then one row of overlaid maps per entry of
     ``examples.maps``."""
     import matplotlib.pyplot as plt

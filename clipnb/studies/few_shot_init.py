@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -29,6 +29,9 @@ from clipnb.methods.backbones import load_model
 from clipnb.methods.heads import HeadTraining, LinearHead, train_head
 from clipnb.studies.tip_adapter import plot_accuracy_vs_shots
 from clipnb.studies.zero_shot import dataset_options, plot_val_curves
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = [
     "NEAR",
@@ -215,7 +218,7 @@ def shots_table(results: FewShotInitResults) -> pd.DataFrame:
     return table
 
 
-def shots_figure(results: FewShotInitResults):
+def shots_figure(results: FewShotInitResults) -> Figure:
     """Test accuracy against shots per class, one panel per dataset."""
     return plot_accuracy_vs_shots(
         results.records,
@@ -224,7 +227,7 @@ def shots_figure(results: FewShotInitResults):
     )
 
 
-def curve_figure(results: FewShotInitResults):
+def curve_figure(results: FewShotInitResults) -> Figure:
     """The one-shot validation curves: left, a task where zero-shot works; right, the digits."""
     import matplotlib.pyplot as plt
 

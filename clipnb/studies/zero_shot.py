@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -45,6 +45,9 @@ from clipnb.data.registry import load_dataset
 from clipnb.methods.backbones import backbone_label, load_backbone, load_model
 from clipnb.methods.heads import HeadTraining
 from clipnb.studies.verdicts import compare, join_words
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = [
     "ProbeEvaluation",
@@ -178,7 +181,7 @@ def label_probs(
 
 def plot_label_probs(
     panels: Sequence[tuple[np.ndarray, str, Sequence[str], np.ndarray, int]],
-):
+) -> Figure:
     """One row per example: the image, then a bar chart of the probabilities over its texts.
 
     Each panel is ``(uint8 image, title, texts, probabilities, index of the correct text)``; the
@@ -217,7 +220,7 @@ def plot_val_curves(
     zero_shot_val: float | None = None,
     title: str = "",
     ax=None,
-):
+) -> Figure:
     """Validation accuracy per epoch: a thin line per seed, the mean bold, each chosen epoch dotted.
 
     ``curves`` maps a label (e.g. the initialisation) to the training records of several seeds;
@@ -460,7 +463,7 @@ def kshot_table(results: ZeroShotResults) -> pd.DataFrame:
     return kshot
 
 
-def baselines_figure(results: ZeroShotResults):
+def baselines_figure(results: ZeroShotResults) -> Figure:
     """The numbers of :func:`baseline_table` as bars: zero-shot, then each full-split probe."""
     import matplotlib.pyplot as plt
 
