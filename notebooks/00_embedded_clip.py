@@ -32,20 +32,16 @@ seed = 0
 
 # %%
 import matplotlib.pyplot as plt
-import numpy as np
-import pandas as pd
 
-import clipnb
 from clipnb.core import report
-from clipnb.core.evaluation import accuracy, zero_shot_logits
-from clipnb.core.features import SINGLE_TEMPLATE, class_embeddings, encode_images
-from clipnb.data import world
-from clipnb.methods import pretrain, saliency
+from clipnb.studies import embedded_clip
 
-clipnb.seed_everything(seed)
 report.set_style()
-model_profile = "smoke" if profile == "smoke" else "embedded"
-config = pretrain.PRETRAIN_CONFIGS[model_profile]
+results = embedded_clip.run(
+    profile=profile, n_per_class=n_per_class, n_retrieval=n_retrieval, seed=seed
+)
+report.glue_numbers(embedded_clip.numbers(results))
+report.glue_all(embedded_clip.verdicts(results))
 
 # %% [markdown]
 # ## The world
@@ -57,13 +53,7 @@ config = pretrain.PRETRAIN_CONFIGS[model_profile]
 # so it is a true out-of-distribution domain. Every image comes with an exact mask of each object.
 
 # %%
-examples = []
-for style in world.STYLES:
-    batch = world.generate_captioned(6, seed=123 + world.STYLES.index(style), styles=(style,))
-    examples += [
-        (img, f"[{style}] {cap}") for img, cap in zip(batch.images, batch.captions, strict=True)
-    ]
-fig = report.image_grid([e[0] for e in examples], [e[1] for e in examples], ncols=6, size=1.6)
+fig = embedded_clip.world_figure(results)
 report.glue("fig_world", fig)
 plt.close(fig)
 
@@ -108,50 +98,9 @@ plt.close(fig)
 # and caches the checkpoint; this chapter only loads it and reports its record.
 
 # %%
-# `make book` trained and cached both checkpoints before any notebook ran; this only loads them
-# (and trains them here only if the notebook is run on its own with an empty cache).
-checkpoint, _ = pretrain.prepare(model_profile)
-record = pretrain.load_record(config)
-bundle = clipnb.create_model(config.model, pretrained=checkpoint)
-report.glue("image_width", bundle.model.visual.transformer.width)
-report.glue("text_width", bundle.model.transformer.width)
-report.glue("patch_size", bundle.model.visual.patch_size[0])
-report.glue("image_size", bundle.image_size)
-report.glue("grid_size", bundle.model.visual.grid_size[0])
-report.glue("n_tokens", bundle.model.visual.grid_size[0] * bundle.model.visual.grid_size[1])
-report.glue("pool_size_k", config.pool_size / 1e3)
-
-losses = pd.Series(record.losses)
-fig, ax = plt.subplots()
-ax.plot(losses.index + 1, losses, alpha=0.25, color="C0", label="training batch")
-ax.plot(
-    losses.index + 1,
-    losses.rolling(25, min_periods=1).mean(),
-    color="C0",
-    label="training (mean of 25)",
-)
-held_steps, held_values = zip(*record.heldout_losses, strict=True)
-ax.plot(held_steps, held_values, "o-", color="C3", label="held-out pairs")
-ax.axhline(np.log(config.batch_size), ls=":", color="grey", label="chance, log(batch)")
-ax.set(xlabel="step", ylabel="contrastive loss", title="Pretraining the embedded CLIP")
-ax.legend()
+fig = embedded_clip.loss_figure(results)
 report.glue("fig_loss", fig)
 plt.close(fig)
-
-report.glue("pretrain_minutes", record.seconds / 60)
-report.glue("pretrain_steps", config.steps)
-report.glue("pretrain_batch", config.batch_size)
-report.glue("pretrain_images_per_s", record.images_per_second)
-report.glue("final_heldout_loss", record.heldout_losses[-1][1])
-report.glue("pretrain_cpu_minutes", record.cpu_seconds / 60)
-report.glue_words(
-    "steal_sentence",
-    "This machine did not report how much CPU time its host took from it."
-    if np.isnan(record.steal_percent)
-    else f"While it ran, the hypervisor gave {record.steal_percent:.0f} % of this virtual"
-    " machine's CPU time to other guests (steal time): on a shared cloud machine the same run"
-    " takes longer in wall time when the neighbours are busy, and CPU time is the steadier measure.",
-)
 
 # %% [markdown]
 # ```{glue:figure} fig_loss
@@ -181,20 +130,7 @@ report.glue_words(
 # in a short run.
 
 # %%
-time_table = record.time_split_table().round(1)
-report.glue("pool_passes", record.images_seen / config.pool_size)
-report.glue_words("budget_verdict", pretrain.budget_verdict(record))
-report.glue("chance_loss", np.log(config.batch_size))
-report.glue("mflops_per_image", record.flops_per_image / 1e6)
-report.glue("achieved_gflops", record.achieved_flops / 1e9)
-report.glue("peak_gflops", record.peak_flops / 1e9)
-report.glue("peak_percent", 100 * record.peak_fraction)
-report.glue("threads", record.threads)
-report.glue("peak_matrix", pretrain.PEAK_MATRIX_SIZE)
-twin = pretrain.load_supervised_record(config)
-report.glue("twin_minutes", twin.seconds / 60)
-report.glue("twin_steps", len(twin.losses))
-time_table
+embedded_clip.time_table(results)
 
 # %% [markdown]
 # The label-supervised twin used in later chapters (the same image tower trained to name the
@@ -208,38 +144,12 @@ time_table
 # circle"), so R@1 has a ceiling below 100 %.
 
 # %%
-held = pretrain.heldout_batch(config)
-n_pairs = min(n_retrieval, len(held.captions))
-held_set = clipnb.core.imagesets.array_imageset(
-    "world-heldout-pairs",
-    held.images[:n_pairs],
-    np.zeros(n_pairs),
-    ["pair"],
-    ["heldout", config.key(), n_pairs],
-)
-image_feats = encode_images(bundle, held_set)
-text_feats = clipnb.encode_texts(bundle, held.captions[:n_pairs])
-recall = pretrain.retrieval_recall(image_feats, text_feats)
-recall_table = pd.DataFrame(
-    {
-        "R@1": [recall["image_to_text_R@1"], recall["text_to_image_R@1"]],
-        "R@5": [recall["image_to_text_R@5"], recall["text_to_image_R@5"]],
-    },
-    index=["image → text", "text → image"],
-).round(1)
-for key, value in recall.items():
-    report.glue(key.replace("@", "").replace("_to_", "2"), value)
-recall_table
+embedded_clip.recall_table(results)
 
 # %% [markdown]
 # Over {glue:text}`n_pairs:.0f` held-out pairs, image→text R@1 is
 # {glue:text}`image2text_R1:.1f` % and R@5 {glue:text}`image2text_R5:.1f` % (chance:
 # {glue:text}`chance_r1:.1f` % and {glue:text}`chance_r5:.1f` %).
-
-# %%
-report.glue("n_pairs", n_pairs)
-report.glue("chance_r1", 100 / n_pairs)
-report.glue("chance_r5", 500 / n_pairs)
 
 # %% [markdown]
 # ## Zero-shot classification, in and out of distribution
@@ -251,152 +161,10 @@ report.glue("chance_r5", 500 / n_pairs)
 # for real CLIP.
 
 # %%
-rows = []
-tasks = [(f"world-{t}-{s}", t, s) for t in world.LABEL_TASKS for s in world.STYLES]
-tasks.append(("digits", "handwritten digit", "handwritten (OOD)"))
-for name, task, style in tasks:
-    options = {"per_class": (1, 1, n_per_class)} if name != "digits" else {}
-    data = clipnb.load_dataset(name, **options)
-    feats = encode_images(bundle, data.test)
-    weights = class_embeddings(bundle, data.class_names, SINGLE_TEMPLATE)
-    acc = accuracy(zero_shot_logits(feats, weights), data.test.labels)
-    rows.append(
-        {
-            "dataset": name,
-            "task": task,
-            "style": style,
-            "classes": data.test.n_classes,
-            "test images": len(data.test),
-            "zero-shot %": acc,
-            "chance %": 100 / data.test.n_classes,
-        }
-    )
-zs = pd.DataFrame(rows)
-zs_table = zs.pivot_table(index="task", columns="style", values="zero-shot %", sort=False).round(1)
-zs_table
-
+embedded_clip.zero_shot_table(results)
 
 # %%
-def zs_acc(task: str, style: str) -> float:
-    return float(zs.loc[(zs.task == task) & (zs["style"] == style), "zero-shot %"].iloc[0])
-
-
-report.glue("zs_shape_photo", zs_acc("shape", "photo"))
-report.glue("zs_colour_photo", zs_acc("colour", "photo"))
-report.glue("zs_digit_photo", zs_acc("digit", "photo"))
-report.glue("zs_shape_heldout", zs_acc("shape", world.HELD_OUT_STYLE))
-report.glue("zs_digit_heldout", zs_acc("digit", world.HELD_OUT_STYLE))
-report.glue("zs_digits", zs_acc("handwritten digit", "handwritten (OOD)"))
-report.glue("chance_shape", 100 / len(world.SHAPES))
-report.glue("chance_digits", 100 / zs.loc[zs.task == "handwritten digit", "classes"].iloc[0])
-
-# Verdicts for the prose, from the chance-corrected accuracy
-# kappa = (accuracy - chance) / (100 - chance): 0 at chance, 1 when perfect.
-LEVELS = (  # (lower bound of kappa, how well a task is learned, short adjective)
-    (0.9, "learned almost completely", "near perfect"),
-    (0.5, "learned well", "strong"),
-    (0.2, "learned only partly", "partial"),
-    (0.05, "barely learned", "weak"),
-    (-np.inf, "not learned (zero-shot stays near chance)", "near chance"),
-)
-KAPPA_BOUNDS = [b for b, _, _ in LEVELS[:-1]]
-report.glue("kappa_near_perfect", KAPPA_BOUNDS[0])
-report.glue("kappa_strong", KAPPA_BOUNDS[1])
-report.glue("kappa_partial", KAPPA_BOUNDS[2])
-report.glue("kappa_weak", KAPPA_BOUNDS[3])
-zs["kappa"] = (zs["zero-shot %"] - zs["chance %"]) / (100 - zs["chance %"])
-
-
-def level(kappa: float, short: bool = False) -> str:
-    return next(lv[2 if short else 1] for lv in LEVELS if kappa >= lv[0])
-
-
-plural = {"shape": "shapes", "colour": "colours", "digit": "printed digits"}
-seen = zs[zs["style"].isin(world.PRETRAIN_STYLES)].groupby("task", sort=False)["kappa"].mean()
-report.glue_words(
-    "seen_levels",
-    "; ".join(f"{plural[t]} are {level(k)}" for t, k in seen.items()).capitalize(),
-)
-report.glue_words(
-    "seen_levels_short",
-    report.join_words([f"{level(k, short=True)} for {plural[t]}" for t, k in seen.items()]),
-)
-short_of_well = [plural[t] for t, k in seen.items() if k < KAPPA_BOUNDS[1]]
-report.glue_words(
-    "budget_reason",
-    (
-        f"For {report.join_words(short_of_well)}, the likely reason is the budget: a ViT learning"
-        " shapes or small glyphs in a"
-        f" {bundle.image_size}-pixel image from scratch needs many more than"
-        f" {config.steps} steps"
-        + ("" if "colours" in short_of_well else ", while a colour is decided by a few pixels")
-        + ", and this profile's budget is minutes on two CPU cores."
-    )
-    if short_of_well
-    else f"Every task is learned well within {config.steps} steps.",
-)
-heldout_kappa = zs[zs["style"] == world.HELD_OUT_STYLE].set_index("task")["kappa"]
-report.glue_words(
-    "heldout_levels",
-    report.join_words(
-        [f"{level(k, short=True)} for {plural[t]}" for t, k in heldout_kappa.items()]
-    ),
-)
-hw_kappa = float(zs.loc[zs.task == "handwritten digit", "kappa"].iloc[0])
-report.glue_words("handwritten_level", level(hw_kappa, short=True))
-shape_change = zs_acc("shape", world.HELD_OUT_STYLE) - zs_acc("shape", "photo")
-report.glue_words(
-    "shape_heldout_verb",
-    "stay at" if abs(shape_change) < 1 else ("drop to" if shape_change < 0 else "rise to"),
-)
-seen_ok = [plural[t] for t, k in seen.items() if k >= KAPPA_BOUNDS[2]]
-ood = [
-    *(
-        f"{plural[t]} in the {world.HELD_OUT_STYLE} style"
-        for t, k in heldout_kappa.items()
-        if k < KAPPA_BOUNDS[-1]
-    ),
-    *(["handwritten digits"] if hw_kappa < KAPPA_BOUNDS[-1] else []),
-]
-if seen_ok and ood:
-    contrast = (
-        f"The clean contrast is between {report.join_words(seen_ok)} in seen styles and"
-        f" {report.join_words(ood)}, where zero-shot is near chance"
-    )
-elif seen_ok:
-    contrast = (
-        f"{report.join_words(seen_ok).capitalize()} are learned at least partly in seen styles, but no"
-        " out-of-distribution set is near chance, so the in/out contrast is one of degree"
-    )
-else:
-    contrast = "No task is learned even partly in seen styles, so there is no clean in/out contrast"
-report.glue_words("clean_contrast", contrast)
-photo = zs[zs["style"] == "photo"].set_index("task")["zero-shot %"]
-best_task = photo.idxmax()
-gap = photo.max() - zs_acc("handwritten digit", "handwritten (OOD)")
-report.glue_words("best_photo_task", plural[best_task])
-report.glue("best_photo_acc", photo.max())
-report.glue("photo_vs_handwritten_gap", gap)
-if gap > 10:  # points; the source's MNIST/Food101 gap is 48
-    gap_verdict = "so this build shows the same kind of gap (more than 10 points) as"
-elif gap > 0:
-    gap_verdict = "so this build shows a much smaller gap (10 points or less) than"
-else:
-    gap_verdict = "so this build shows no such gap, unlike"
-report.glue_words("gap_verdict", gap_verdict)
-
-fig, ax = plt.subplots(figsize=(7.5, 3.6))
-plot_df = zs.assign(group=zs["task"] + " · " + zs["style"])
-colours = ["C2" if s in world.PRETRAIN_STYLES else "C3" for s in plot_df["style"]]
-ax.barh(plot_df["group"], plot_df["zero-shot %"], color=colours)
-ax.scatter(plot_df["chance %"], plot_df["group"], marker="|", color="black", s=200)
-ax.invert_yaxis()
-ax.set(
-    xlabel="zero-shot accuracy (%)",
-    xlim=(0, 100),
-    title="Zero-shot accuracy: seen styles (green) vs unseen data (red)",
-)
-fig.tight_layout()
+fig = embedded_clip.zero_shot_figure(results)
 report.glue("fig_zero_shot", fig)
 plt.close(fig)
 
@@ -449,19 +217,7 @@ plt.close(fig)
 # seed, for the true class.
 
 # %%
-validation = saliency.validated_setting(bundle, model_profile)
-report.glue_all(saliency.verdicts(validation))
-chosen, uniform = validation.row(), validation.baseline()
-centre = validation.baseline("centre prior")
-report.glue("saliency_n_layers", len(saliency.cam_layers(bundle.model)))
-report.glue("grid_side", bundle.model.visual.grid_size[0])
-report.glue("saliency_n_images", validation.protocol.n_images)
-report.glue("saliency_minutes", validation.seconds / 60)
-for name, row in (("chosen", chosen), ("uniform", uniform), ("centre", centre)):
-    report.glue(f"saliency_{name}_pointing", row.pointing)
-    report.glue(f"saliency_{name}_mass", row.mass)
-report.glue("saliency_chosen_rho", chosen.rho_random)
-saliency.validation_table(validation)
+embedded_clip.validation_table(results.validation)
 
 # %% [markdown]
 # The table gives mean ± std over the three seeds (disjoint image subsets, independent random
@@ -481,13 +237,13 @@ saliency.validation_table(validation)
 # {glue:text}`saliency_minutes:.1f` min.
 
 # %%
-fig = saliency.cascade_figure(validation)
+fig = embedded_clip.cascade_figure(results.validation)
 report.glue("fig_saliency_cascade", fig)
 plt.close(fig)
-fig, example_mass = saliency.example_figure(bundle, validation)
+fig = embedded_clip.example_figure(results.cam_examples)
 report.glue("fig_saliency_examples", fig)
 plt.close(fig)
-example_mass.round(1)
+embedded_clip.example_mass_table(results)
 
 # %% [markdown]
 # ```{glue:figure} fig_saliency_cascade
@@ -515,27 +271,7 @@ example_mass.round(1)
 # ## Scale, honestly
 #
 # %%
-n_params = sum(p.numel() for p in bundle.model.parameters())
-report.glue("n_params_m", n_params / 1e6)
-report.glue("n_token_params_m", bundle.model.token_embedding.weight.numel() / 1e6)
-report.glue("images_seen_k", record.images_seen / 1e3)
-pd.DataFrame(
-    {
-        "embedded CLIP (this build)": [
-            f"{n_params / 1e6:.1f} M",
-            f"{record.images_seen:,}",
-            f"{bundle.image_size} px",
-            f"{record.seconds / 60:.1f} min on 2 CPU cores ({record.cpu_seconds / 60:.1f} CPU-min)",
-        ],
-        "CLIP ViT-B/32 (OpenAI)": [
-            "151 M",
-            "≈ 12.8 billion (400 M pairs × 32 epochs)",
-            "224 px",
-            "days on hundreds of GPUs",
-        ],
-    },
-    index=["parameters", "images seen", "input size", "training time"],
-)
+embedded_clip.scale_table(results)
 
 # %% [markdown]
 # The embedded CLIP has {glue:text}`n_params_m:.1f` M parameters

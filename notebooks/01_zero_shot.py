@@ -49,38 +49,11 @@ label_probs_texts = 4
 
 # %%
 import matplotlib.pyplot as plt
-import numpy as np
-import pandas as pd
 
-import clipnb
-from clipnb.core import profiles, report
-from clipnb.core.evaluation import PROBE_CS, accuracy, zero_shot_logits
-from clipnb.core.features import (
-    ENSEMBLE_TEMPLATES,
-    SINGLE_TEMPLATE,
-    class_embeddings,
-    encode_dataset,
-)
-from clipnb.data import reference
-from clipnb.methods import backbones
-from clipnb.studies.zero_shot import label_probs, pick_classes, plot_label_probs, probe_records
+from clipnb.core import report
+from clipnb.studies import zero_shot
 
-clipnb.seed_everything(seeds[0])
 report.set_style()
-bundle = profiles.load_model(profile)
-towers = {name: backbones.load_backbone(name, profile, pixel_size=pixel_size) for name in baselines}
-labels = {"clip": "CLIP", **{name: backbones.backbone_label(name) for name in baselines}}
-
-
-def dataset_options(name: str) -> dict:
-    return {"per_class": tuple(world_per_class)} if name.startswith("world-") else {}
-
-
-report.glue("n_templates", len(ENSEMBLE_TEMPLATES))
-report.glue("n_seeds", len(seeds))
-report.glue("n_cs", len(PROBE_CS))
-report.glue("c_min", min(PROBE_CS))
-report.glue("c_max", max(PROBE_CS))
 
 # %% [markdown]
 # ## Method
@@ -117,58 +90,22 @@ report.glue("c_max", max(PROBE_CS))
 # ## Zero-shot and the probe on every dataset
 
 # %%
-records = []
-loaded = {}
-for name in datasets:
-    data = loaded[name] = clipnb.load_dataset(name, **dataset_options(name))
-    feats = encode_dataset(bundle, data)
-    for method, templates in (("1 prompt", SINGLE_TEMPLATE), ("80 prompts", ENSEMBLE_TEMPLATES)):
-        weights = class_embeddings(bundle, data.class_names, templates)
-        logits = zero_shot_logits(feats["test"].x, weights, bundle.logit_scale)
-        records.append(
-            {
-                "dataset": name,
-                "features": f"zero-shot, {method}",
-                "shots": "—",
-                "seed": 0,
-                "accuracy": accuracy(logits, feats["test"].y),
-            }
-        )
-    records += probe_records(name, "clip", feats, probe_shots, seeds)
-    for tower_name, tower in towers.items():
-        records += probe_records(name, tower_name, encode_dataset(tower, data))
-results = pd.DataFrame.from_records(records)
-
-full = results[results["shots"].isin(["—", "all"])]
-full = full.assign(
-    column=[
-        f if s == "—" else f"{labels[f]} probe"
-        for f, s in zip(full["features"], full["shots"], strict=True)
-    ]
+results = zero_shot.run(
+    profile=profile,
+    datasets=datasets,
+    world_per_class=world_per_class,
+    baselines=baselines,
+    pixel_size=pixel_size,
+    probe_shots=probe_shots,
+    seeds=seeds,
+    focus_dataset=focus_dataset,
+    contrast_dataset=contrast_dataset,
+    label_probs_datasets=label_probs_datasets,
+    label_probs_texts=label_probs_texts,
 )
-means = report.mean_table(full, "dataset", "column")
-clip_probe = results[(results["features"] == "clip") & (results["shots"] == "all")].set_index(
-    "dataset"
-)
-table = report.mean_std_table(full, "dataset", "column")
-table.insert(3, "C (CLIP probe)", [f"{clip_probe.loc[d, 'C']:.4g}" for d in table.index])
-table["chance"] = [f"{100 / len(loaded[d].class_names):.1f}" for d in table.index]
-table["reference zero-shot (ViT-B/32)"] = [
-    "—" if reference.reference_for(d) is None else f"{reference.reference_for(d):.1f}"
-    for d in table.index
-]
-if profile == "full":
-    table["source 000: CLIP / ResNet50"] = [
-        " / ".join(
-            "—" if v is None else f"{v:.1f}"
-            for v in (
-                reference.reference_for(d, reference.SOURCE_000_ZERO_SHOT),
-                reference.reference_for(d, reference.SOURCE_000_RESNET50),
-            )
-        )
-        for d in table.index
-    ]
-table
+report.glue_numbers(zero_shot.numbers(results))
+report.glue_all(zero_shot.verdicts(results))
+zero_shot.baseline_table(results)
 
 # %% [markdown]
 # Test accuracy (%) per dataset: zero-shot with one prompt and with the prompt ensemble, the
@@ -179,98 +116,9 @@ table
 # involve no sampling, so there is no spread to report.
 
 # %%
-baseline_cols = [f"{labels[b]} probe" for b in baselines]
-order = ["zero-shot, 1 prompt", "zero-shot, 80 prompts", "CLIP probe", *baseline_cols]
-fig, ax = plt.subplots(figsize=(8.5, 0.6 * len(datasets) + 1.4))
-means[order].iloc[::-1].plot.barh(ax=ax, width=0.8, color=[f"C{i}" for i in range(len(order))])
-handles, names = ax.get_legend_handles_labels()
-ax.legend(handles[::-1], names[::-1], fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
-ax.set(xlabel="test accuracy (%)", ylabel="", xlim=(0, 100))
-fig.tight_layout()
+fig = zero_shot.baselines_figure(results)
 report.glue("fig_baselines", fig)
 plt.close(fig)
-
-
-def cell(dataset: str, column: str) -> float:
-    return float(means.loc[dataset, column])
-
-
-best_baseline = means[baseline_cols].max(axis=1)
-zs_best = means[["zero-shot, 1 prompt", "zero-shot, 80 prompts"]].max(axis=1)
-for key, d in (("focus", focus_dataset), ("contrast", contrast_dataset)):
-    report.glue(f"zs_{key}_single", cell(d, "zero-shot, 1 prompt"))
-    report.glue(f"zs_{key}_ensemble", cell(d, "zero-shot, 80 prompts"))
-    report.glue(f"probe_{key}", cell(d, "CLIP probe"))
-    report.glue(f"probe_{key}_C", clip_probe.loc[d, "C"])
-    report.glue(f"baseline_{key}", best_baseline[d])
-    report.glue(f"chance_{key}", 100 / len(loaded[d].class_names))
-# Per-baseline numbers (NaN when a profile does not run that baseline).
-for b in ("supervised", "pixels", "resnet50"):
-    col = f"{backbones.backbone_label(b)} probe"
-    present = col in means
-    for key, d in (("focus", focus_dataset), ("contrast", contrast_dataset)):
-        report.glue(f"{b}_{key}", cell(d, col) if present else float("nan"))
-    wins = float((means[col] > means["CLIP probe"]).sum()) if present else float("nan")
-    report.glue(f"n_{b}_beats_clip", wins)
-ensemble_gain = means["zero-shot, 80 prompts"] - means["zero-shot, 1 prompt"]
-report.glue("ensemble_gain_mean", ensemble_gain.mean())
-report.glue("ensemble_gain_min", ensemble_gain.min())
-report.glue("ensemble_gain_max", ensemble_gain.max())
-report.glue("probe_gain_mean", (means["CLIP probe"] - zs_best).mean())
-report.glue("n_probe_beats_zs", float((means["CLIP probe"] > zs_best).sum()))
-report.glue("n_datasets", len(datasets))
-report.glue("n_c_0316", float(np.isclose(clip_probe["C"], 0.316, rtol=0.01).sum()))
-report.glue("c_chosen_min", clip_probe["C"].min())
-report.glue("c_chosen_max", clip_probe["C"].max())
-
-
-# Verdicts for the prose.
-report.glue("n_ensemble_helps", float((ensemble_gain > 0).sum()))
-report.glue("n_ensemble_hurts", float((ensemble_gain < 0).sum()))
-focus_zs_best = zs_best[focus_dataset]
-report.glue("zs_focus_best", focus_zs_best)
-report.glue_words(
-    "digit_features_verdict",
-    "The probe gains more than 20 points over zero-shot here, so the image features do separate"
-    ' the digits, and what zero-shot lacks is the link from those features to the words "zero"'
-    ' to "nine"'
-    if cell(focus_dataset, "CLIP probe") - focus_zs_best > 20
-    else "The probe gains 20 points or less over zero-shot here, so the image features"
-    " themselves separate the digits poorly, and the missing link to the words is not the whole"
-    " story",
-)
-report.glue_words(
-    "c_verdict",
-    "the best regularisation depends on the dataset, so the sweep is needed"
-    if clip_probe["C"].nunique() > 1
-    else "the same C was chosen on every dataset, so here a fixed C would have done",
-)
-pixels_col = f"{backbones.backbone_label('pixels')} probe"
-supervised_col = f"{backbones.backbone_label('supervised')} probe"
-if pixels_col in means:
-    pixel_gap = cell(focus_dataset, pixels_col) - cell(focus_dataset, "CLIP probe")
-    report.glue_words("pixels_vs_clip", "above" if pixel_gap > 0 else "not above")
-else:
-    report.glue_words("pixels_vs_clip", "beside")
-if supervised_col in means:
-    n_sup = int((means[supervised_col] > means["CLIP probe"]).sum())
-    if n_sup > len(datasets) / 2:
-        sup_verdict = (
-            "on most datasets here, captions bought zero-shot transfer, not better image features"
-        )
-    elif n_sup == 0:
-        sup_verdict = (
-            "captions gave image features at least as good as the labels on every dataset,"
-            " and zero-shot transfer on top"
-        )
-    else:
-        sup_verdict = (
-            "the verdict is mixed: captions gave image features at least as good on some"
-            " datasets and worse on others, and zero-shot transfer on top"
-        )
-else:
-    sup_verdict = "this profile does not run the label-supervised tower"
-report.glue_words("supervised_verdict", sup_verdict)
 
 # %% [markdown]
 # ```{glue:figure} fig_baselines
@@ -329,38 +177,7 @@ report.glue_words("supervised_verdict", sup_verdict)
 # split), against zero-shot with the ensemble. Mean ± std over {glue:text}`n_seeds:.0f` draws.
 
 # %%
-few = results[(results["features"] == "clip") & ~results["shots"].isin(["—", "all"])]
-few = few.assign(column=[f"{k}-shot" for k in few["shots"]])
-kshot = report.mean_std_table(few, "dataset", "column")
-kshot.insert(0, "zero-shot, 80 prompts", table["zero-shot, 80 prompts"])
-kshot["all"] = table["CLIP probe"]
-few_means = report.mean_table(few, "dataset", "column")
-report.glue("probe_focus_1shot", few_means.loc[focus_dataset, f"{probe_shots[0]}-shot"])
-report.glue("probe_focus_maxshot", few_means.loc[focus_dataset, f"{probe_shots[-1]}-shot"])
-report.glue("probe_contrast_1shot", few_means.loc[contrast_dataset, f"{probe_shots[0]}-shot"])
-report.glue("min_shots", probe_shots[0])
-report.glue("max_shots", probe_shots[-1])
-one_shot_below = few_means[f"{probe_shots[0]}-shot"] < means["zero-shot, 80 prompts"]
-report.glue("n_1shot_below_zs", float(one_shot_below.sum()))
-below_names = [d for d in few_means.index if one_shot_below[d]]
-above_names = [d for d in few_means.index if not one_shot_below[d]]
-report.glue_words(
-    "one_shot_below_sentence",
-    f"In this profile those are {report.join_words(below_names)}: there one example"
-    " per class is worth less than the class name, the effect the CLIP paper reported for real"
-    " CLIP at 1–2 shots."
-    if below_names
-    else "So the effect the CLIP paper reported for real CLIP at 1–2 shots, one example per class"
-    " being worth less than the class name, does not appear here.",
-)
-report.glue_words(
-    "one_shot_above_sentence",
-    f"On {report.join_words(above_names)}, even one labelled example per class"
-    " matches or beats the zero-shot ensemble."
-    if above_names
-    else "On no dataset does one labelled example per class reach the zero-shot ensemble.",
-)
-kshot
+zero_shot.kshot_table(results)
 
 # %% [markdown]
 # With {glue:text}`min_shots:.0f` example per class the probe reaches
@@ -377,28 +194,9 @@ kshot
 # (the true one among them), and $\operatorname{softmax}_j\, s\, f(x)^\top T(p_j)$.
 
 # %%
-panels = []
-for name in label_probs_datasets:
-    data = loaded.get(name) or clipnb.load_dataset(name, **dataset_options(name))
-    true = int(data.test.labels[0])
-    classes = pick_classes(len(data.class_names), true, label_probs_texts)
-    texts = [SINGLE_TEMPLATE[0].format(data.class_names[c]) for c in classes]
-    probs = label_probs(bundle, data.test, 0, texts)
-    panels.append(
-        (
-            data.test.array(0),
-            f"{name}\n(true: {data.class_names[true]})",
-            texts,
-            probs,
-            classes.index(true),
-        )
-    )
-fig = plot_label_probs(panels)
+fig = zero_shot.plot_label_probs(results.panels)
 report.glue("fig_label_probs", fig)
 plt.close(fig)
-report.glue("n_label_texts", label_probs_texts)
-report.glue("label_prob_first", panels[0][3][panels[0][4]])
-report.glue("label_prob_last", panels[-1][3][panels[-1][4]])
 
 # %% [markdown]
 # ```{glue:figure} fig_label_probs

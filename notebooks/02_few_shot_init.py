@@ -43,38 +43,11 @@ curve_epochs = 100
 
 # %%
 import matplotlib.pyplot as plt
-import numpy as np
-import pandas as pd
-import torch
 
-import clipnb
-from clipnb.core import profiles, report
-from clipnb.core.evaluation import accuracy, zero_shot_logits
-from clipnb.core.features import ENSEMBLE_TEMPLATES, SINGLE_TEMPLATE
-from clipnb.methods import few_shot
-from clipnb.methods.heads import LinearHead, train_head
-from clipnb.studies import tip_adapter as tip_adapter_figures
-from clipnb.studies.zero_shot import plot_val_curves
+from clipnb.core import report
+from clipnb.studies import few_shot_init
 
-clipnb.seed_everything(seeds[0])
 report.set_style()
-bundle = profiles.load_model(profile)
-templates = {"single": SINGLE_TEMPLATE, "ensemble": ENSEMBLE_TEMPLATES}[prompt]
-
-
-def dataset_options(name: str) -> dict:
-    return {"per_class": tuple(world_per_class)} if name.startswith("world-") else {}
-
-
-tasks = {
-    name: few_shot.load_feature_task(bundle, name, templates, **dataset_options(name))
-    for name in datasets
-}
-report.glue("logit_scale", bundle.logit_scale)
-report.glue("epochs", epochs)
-report.glue("n_seeds", len(seeds))
-report.glue("lr_min", min(lrs))
-report.glue("lr_max", max(lrs))
 
 # %% [markdown]
 # ## Method
@@ -102,20 +75,23 @@ report.glue("lr_max", max(lrs))
 # ## Zero steps: the zero-shot head is zero-shot
 
 # %%
-rows = []
-for name, task in tasks.items():
-    head = LinearHead.zero_shot(task.class_weights, task.logit_scale)
-    with torch.no_grad():
-        head_acc = accuracy(head(task.test.x), task.test.y)
-    zs_acc = accuracy(
-        zero_shot_logits(task.test.x, task.class_weights, task.logit_scale), task.test.y
-    )
-    assert head_acc == zs_acc, (name, head_acc, zs_acc)
-    rows.append(
-        {"dataset": name, "zero-shot": zs_acc, "zero-shot-initialised head, 0 steps": head_acc}
-    )
-zero_steps = pd.DataFrame(rows).set_index("dataset").round(2)
-zero_steps
+results = few_shot_init.run(
+    profile=profile,
+    datasets=datasets,
+    world_per_class=world_per_class,
+    shots=shots,
+    seeds=seeds,
+    prompt=prompt,
+    epochs=epochs,
+    lrs=lrs,
+    focus_dataset=focus_dataset,
+    contrast_dataset=contrast_dataset,
+    curve_lr=curve_lr,
+    curve_epochs=curve_epochs,
+)
+report.glue_numbers(few_shot_init.numbers(results))
+report.glue_all(few_shot_init.verdicts(results))
+few_shot_init.zero_steps_table(results)
 
 # %% [markdown]
 # Identical on every dataset (the notebook asserts equality, and a unit test checks the logits).
@@ -123,159 +99,16 @@ zero_steps
 # ## Accuracy against shots
 
 # %%
-methods = {
-    "zero-shot": few_shot.zero_shot_method(),
-    "logistic regression": few_shot.linear_probe_method(),
-    "random init": few_shot.head_method("random", epochs=epochs, lr=lrs),
-    "zero-shot init": few_shot.head_method("zero_shot", epochs=epochs, lr=lrs),
-}
-records = []
-for task in tasks.values():
-    records += few_shot.run_few_shot(task, methods, shots, seeds)
-results = pd.DataFrame.from_records(records)
-table = report.mean_std_table(results, ["dataset", "method"], "shots")
-zero_col = [
-    f"{zero_steps.loc[d, 'zero-shot']:.1f}" if m in ("zero-shot", "zero-shot init") else "—"
-    for d, m in table.index
-]
-table.insert(0, 0, zero_col)
-table
+few_shot_init.shots_table(results)
 
 # %% [markdown]
 # Test accuracy (%), mean ± std over seeds, by shots per class (column 0: no examples; only the
 # zero-shot classifier and the zero-shot-initialised head exist there).
 
 # %%
-fig = tip_adapter_figures.plot_accuracy_vs_shots(
-    records,
-    methods=["zero-shot", "random init", "zero-shot init", "logistic regression"],
-    ncols=len(datasets),
-)
+fig = few_shot_init.shots_figure(results)
 report.glue("fig_shots", fig)
 plt.close(fig)
-
-means = report.mean_table(results, ["dataset", "method"], "shots")
-zs = means.xs("zero-shot", level="method")
-below = {m: (means.xs(m, level="method") < zs - 1e-9) for m in methods if m != "zero-shot"}
-small = [k for k in shots if k <= 2]
-report.glue("n_cells", len(datasets) * len(shots))
-report.glue("n_small_cells", len(datasets) * len(small))
-for m, key in (
-    ("random init", "random"),
-    ("zero-shot init", "zsinit"),
-    ("logistic regression", "logreg"),
-):
-    report.glue(f"n_{key}_below_zs", float(below[m].to_numpy().sum()))
-    report.glue(f"n_{key}_below_zs_small", float(below[m][small].to_numpy().sum()))
-    for where, d in (("focus", focus_dataset), ("contrast", contrast_dataset)):
-        report.glue(f"{key}_{where}_1shot", means.loc[(d, m), shots[0]])
-        report.glue(f"{key}_{where}_max", means.loc[(d, m), shots[-1]])
-report.glue("zs_focus", zs.loc[focus_dataset, shots[0]])
-report.glue("zs_contrast", zs.loc[contrast_dataset, shots[0]])
-top = results[results["shots"] == shots[-1]].groupby(["dataset", "method"])["epoch"].mean()
-report.glue("chosen_epoch_focus_max", top[(focus_dataset, "random init")])
-report.glue("max_shots", shots[-1])
-gain = means.xs("zero-shot init", level="method") - zs
-report.glue("zsinit_gain_1shot_mean", gain[shots[0]].mean())
-report.glue("zsinit_gain_max_mean", gain[shots[-1]].mean())
-worst = (means.xs("zero-shot init", level="method") - zs).min().min()
-report.glue("zsinit_worst_vs_zs", max(0.0, -worst))
-
-# Verdicts for the prose. "Near" zero-shot means within NEAR points of it.
-NEAR = 2.0
-report.glue("near_points", NEAR)
-one = shots[0]
-for where, d in (("contrast", contrast_dataset), ("focus", focus_dataset)):
-    z = zs.loc[d, one]
-    dips = [m for m in ("random init", "logistic regression") if means.loc[(d, m), one] < z]
-    if len(dips) == 2:
-        dip = "both fall below zero-shot"
-    elif dips:
-        dip = f"only the {dips[0]} falls below zero-shot"
-    else:
-        dip = "neither falls below zero-shot"
-    report.glue_words(f"dip_{where}", dip)
-    zsinit_diff = means.loc[(d, "zero-shot init")] - zs.loc[d]
-    if zsinit_diff.abs().max() <= NEAR:
-        path = f"stays within {NEAR:.0f} points of it at every number of shots"
-    elif zsinit_diff.min() >= -NEAR:
-        path = (
-            f"never falls more than {NEAR:.0f} points below it and rises above it with more shots"
-        )
-    else:
-        path = f"falls more than {NEAR:.0f} points below it at some number of shots"
-    report.glue_words(f"zsinit_path_{where}", path)
-contrast_dips = means.loc[(contrast_dataset, "random init"), one] < zs.loc[contrast_dataset, one]
-contrast_removed = means.loc[(contrast_dataset, "zero-shot init"), one] >= (
-    zs.loc[contrast_dataset, one] - NEAR
-)
-report.glue_words(
-    "source_claim_contrast",
-    "holds on this model" if contrast_dips else "does not hold on this model",
-)
-contrast_gain_max = (
-    means.loc[(contrast_dataset, "zero-shot init"), shots[-1]] - zs.loc[contrast_dataset, shots[-1]]
-)
-if contrast_dips and contrast_removed:
-    removal = "it removes the dip"
-elif contrast_dips:
-    removal = "it does not remove the dip"
-else:
-    removal = "there is no dip for it to remove"
-report.glue_words(
-    "zsinit_contrast_verdict",
-    removal
-    + (
-        ", but a few examples add little on top of the text"
-        f" (at most 5 points at {shots[-1]} shots)"
-        if contrast_gain_max <= 5
-        else f", and at {shots[-1]} shots the examples add more than 5 points on top of the text"
-    ),
-)
-focus_dips = any(
-    means.loc[(focus_dataset, m), one] < zs.loc[focus_dataset, one]
-    for m in ("random init", "logistic regression")
-)
-report.glue_words(
-    "focus_dip_verdict",
-    "a dip below zero-shot appears here too" if focus_dips else "there is no dip to remove",
-)
-spread = (
-    results[(results["dataset"] == focus_dataset) & (results["shots"] == one)]
-    .groupby("method")["accuracy"]
-    .std(ddof=0)
-)
-trained = ["random init", "logistic regression", "zero-shot init"]
-gaps = means.loc[[(focus_dataset, m) for m in trained], one]
-report.glue_words(
-    "focus_spread_verdict",
-    "as large as the gaps between them"
-    if spread[trained].max() >= gaps.max() - gaps.min()
-    else "smaller than the largest gap between them",
-)
-report.glue_words(
-    "zsinit_below_verdict",
-    f"by at most {max(0.0, -worst):.1f} points: the guard is on validation (epoch 0 is a"
-    " candidate), so on test a trained epoch can still land below zero-shot"
-    if worst < -1e-9
-    else "so on test, as on validation, it never falls below zero-shot",
-)
-epoch_max = top[(focus_dataset, "random init")]
-report.glue_words(
-    "still_improving",
-    "so it is still improving there"
-    if epoch_max >= 0.9 * epochs
-    else "so it has mostly stopped improving before the last epoch",
-)
-lr_best = means.loc[(focus_dataset, "logistic regression"), shots[-1]] > max(
-    means.loc[(focus_dataset, m), shots[-1]] for m in ("random init", "zero-shot init")
-)
-report.glue_words(
-    "logreg_reference",
-    "is the better reference at many shots (it is above both heads here)"
-    if lr_best
-    else "is a reference too, though here it is not above both heads",
-)
 
 # %% [markdown]
 # ```{glue:figure} fig_shots
@@ -322,76 +155,9 @@ report.glue_words(
 # not. A dot marks the epoch that validation chooses.
 
 # %%
-curves, curve_glue = {}, {}
-fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), sharey=False)
-for key, name, ax in (("contrast", contrast_dataset, axes[0]), ("focus", focus_dataset, axes[1])):
-    task = tasks[name]
-    runs = {"zero-shot init": [], "random init": []}
-    for seed in seeds:
-        problem = few_shot.few_shot_problem(task, 1, seed)
-        for init, done in runs.items():
-            if init == "zero-shot init":
-                head = LinearHead.zero_shot(problem.class_weights, problem.logit_scale)
-            else:
-                head = LinearHead.random(problem.class_weights.shape[1], problem.n_classes, seed)
-            split = (problem.train.x, problem.train.y, problem.val.x, problem.val.y)
-            done.append(train_head(head, *split, epochs=curve_epochs, lr=curve_lr, seed=seed)[1])
-    zs_val = accuracy(
-        zero_shot_logits(task.val.x, task.class_weights, task.logit_scale), task.val.y
-    )
-    plot_val_curves(runs, zs_val, title=f"1-shot heads, {name}", ax=ax)
-    zs_runs = curves[key] = runs["zero-shot init"]
-    report.glue(f"curve_{key}_zs_val", zs_val)
-    report.glue(f"curve_{key}_best_epoch", np.mean([r.best_epoch for r in zs_runs]))
-    report.glue(f"curve_{key}_best_val", np.mean([r.best_val for r in zs_runs]))
-    report.glue(f"curve_{key}_final_val", np.mean([r.val_accuracy[-1] for r in zs_runs]))
-    report.glue(
-        f"curve_{key}_epoch5", np.mean([r.val_accuracy[min(5, curve_epochs)] for r in zs_runs])
-    )
-fig.tight_layout()
+fig = few_shot_init.curve_figure(results)
 report.glue("fig_curve", fig)
 plt.close(fig)
-report.glue("curve_lr", curve_lr)
-report.glue("curve_epochs", curve_epochs)
-one_shot = results[(results["method"] == "zero-shot init") & (results["shots"] == shots[0])]
-for key, name in (("contrast", contrast_dataset), ("focus", focus_dataset)):
-    report.glue(f"chosen_epoch_{key}", one_shot.loc[one_shot["dataset"] == name, "epoch"].mean())
-
-# Verdicts for the prose about the curves (means over seeds of the zero-shot-initialised head).
-c_runs = curves["contrast"]
-c_start = float(np.mean([r.val_accuracy[0] for r in c_runs]))
-c_best_epoch = float(np.mean([r.best_epoch for r in c_runs]))
-c_final = float(np.mean([r.val_accuracy[-1] for r in c_runs]))
-source_like = c_best_epoch <= 5 and c_final < c_start
-report.glue_words(
-    "curve_contrast_verdict",
-    "That is the source's curve (validation chooses an epoch within the first five and ends below"
-    " where it started): one example per class pulls the classifier towards those particular"
-    ' images (the source\'s "sleeping dog" for the class dog) and away from what the class name'
-    " covers"
-    if source_like
-    else "That is not the source's curve, where validation accuracy fell almost from the first"
-    " epoch (here validation does not both choose an epoch within the first five and end below"
-    " where it started)",
-)
-f_runs = curves["focus"]
-f_start = float(np.mean([r.val_accuracy[0] for r in f_runs]))
-f_best = float(np.mean([r.best_val for r in f_runs]))
-f_final = float(np.mean([r.val_accuracy[-1] for r in f_runs]))
-report.glue_words(
-    "curve_focus_climb",
-    "climbs" if f_best > f_start + 1e-9 else "does not climb; it goes",
-)
-report.glue_words(
-    "curve_focus_after",
-    "and only then slides" if f_final < f_best - 1e-9 else "and stays there",
-)
-report.glue_words(
-    "curve_focus_reason",
-    "the text knows little about the digits, so training has something to add"
-    if f_best > f_start + 1e-9
-    else "training adds nothing the text did not already give",
-)
 
 # %% [markdown]
 # ```{glue:figure} fig_curve

@@ -13,7 +13,9 @@ at one block of the image tower) is scored on validation images whose object mas
   the tower down. A method whose maps barely change is explaining the input, not the model.
 
 :func:`validate` builds the method × layer table, :func:`choose` picks one setting from it
-(validation only), and :class:`CamSetting` carries that choice to every chapter's CAM figure.
+(validation only), and :class:`CamSetting` carries that choice to every chapter's CAM figure;
+:func:`reading` tells a chapter whether its maps may be read as evidence. The protocol's own
+table, figures and verdicts belong to the embedded CLIP chapter (:mod:`clipnb.studies.embedded_clip`).
 """
 
 from __future__ import annotations
@@ -528,150 +530,9 @@ def validated_setting(
 
 
 # --------------------------------------------------------------------------------------------
-# Tables, figures and verdicts
+# What a chapter may read from the choice (the tables, figures and verdicts of the protocol are
+# the embedded CLIP chapter's: clipnb.studies.embedded_clip)
 # --------------------------------------------------------------------------------------------
-
-SCORE_LABELS = {
-    "pointing": "pointing game, %",
-    "mass": "mass in mask, %",
-    "rho_random": "ρ with randomised tower",
-}
-
-
-def validation_table(result: SaliencyValidation) -> pd.DataFrame:
-    """Mean ± std over seeds per (method, layer), with the no-model baselines as last rows."""
-    from clipnb.core.report import mean_std_table
-
-    scores = list(SCORE_LABELS)
-    rows = pd.concat([result.table, result.baselines.assign(rho_random=np.nan)])
-    long = rows.melt(id_vars=["method", "layer", "seed"], value_vars=scores, var_name="score")
-    long = long.dropna(subset=["value"]).assign(score=lambda df: df.score.map(SCORE_LABELS))
-    table = mean_std_table(
-        long, index=["method", "layer"], columns="score", value="value", digits=2
-    )
-    return table[[SCORE_LABELS[s] for s in scores]].fillna("—")
-
-
-def cascade_frame(result: SaliencyValidation, layer: str | None = None) -> pd.DataFrame:
-    """Long table of the rank correlation at each cascade stage, methods at ``layer``."""
-    layer = result.setting.layer if layer is None else layer
-    stages = [c for c in result.table.columns if c.startswith("rho_") and c != "rho_random"]
-    rows = result.table[result.table.layer == layer]
-    long = rows.melt(
-        id_vars=["method", "seed"], value_vars=stages, var_name="stage", value_name="rho"
-    )
-    return long.assign(stage=lambda df: df.stage.str.removeprefix("rho_"))
-
-
-def cascade_figure(result: SaliencyValidation):
-    """Rank correlation with the trained model's maps as the tower is randomised from the top."""
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-
-    frame = cascade_frame(result)
-    fig, ax = plt.subplots(figsize=(7.5, 3.6))
-    sns.lineplot(
-        frame, x="stage", y="rho", hue="method", marker="o", errorbar="sd", sort=False, ax=ax
-    )
-    ax.axhline(MAX_RANDOM_CORRELATION, ls=":", color="grey", label="sanity threshold")
-    ax.set(
-        xlabel="randomised down to (cumulative, from the top)",
-        ylabel="Spearman ρ with trained maps",
-        title=f"Model randomisation at {result.setting.layer}",
-        ylim=(-0.3, 1.05),
-    )
-    ax.legend(fontsize=8, ncols=2)
-    fig.tight_layout()
-    return fig
-
-
-def example_figure(
-    bundle: ClipBundle, result: SaliencyValidation, n_images: int = 6
-) -> tuple[object, pd.DataFrame]:
-    """Maps of every method at the chosen layer on ``n_images`` validation images (mask outlined),
-    plus the chosen method on the fully randomised tower. Returns the figure and the per-row
-    mass in mask of the images shown."""
-    import matplotlib.pyplot as plt
-
-    from clipnb.core.features import class_embeddings
-    from clipnb.core.report import display_images
-    from clipnb.methods.gradcam import clip_cams, overlay
-
-    images = masked_images(bundle, result.protocol)
-    rows = np.linspace(0, len(images.classes) - 1, n_images).round().astype(np.int64)
-    x, y, m = images.pixels[rows], images.classes[rows], images.masks[rows]
-    feats = class_embeddings(bundle, images.class_names)
-    layer = result.setting.layer
-    maps = {
-        method: clip_cams(bundle.model, feats, CamSetting(method, layer), x, y)
-        for method in result.protocol.methods
-    }
-    *_, (_, randomised) = randomised_cascade(bundle.model, result.protocol.seeds[0])
-    chosen = result.setting.method
-    maps[f"{chosen}, randomised tower"] = clip_cams(randomised, feats, result.setting, x, y)
-    shown = display_images(bundle, x)
-    fig, axes = plt.subplots(
-        len(maps) + 1,
-        n_images,
-        figsize=(1.35 * n_images + 1.6, 1.3 * (len(maps) + 1)),
-        squeeze=False,
-    )
-    for j in range(n_images):
-        axes[0, j].imshow(shown[j], interpolation="nearest")
-        axes[0, j].contour(m[j], levels=[0.5], colors="white", linewidths=0.8)
-        axes[0, j].set_title(images.class_names[y[j]], fontsize=8)
-    axes[0, 0].set_ylabel("image", fontsize=8)
-    for i, (name, cams) in enumerate(maps.items(), start=1):
-        for j in range(n_images):
-            axes[i, j].imshow(overlay(shown[j], cams[j]), interpolation="nearest")
-            axes[i, j].contour(m[j], levels=[0.5], colors="white", linewidths=0.6)
-        axes[i, 0].set_ylabel(name.replace(", ", ",\n"), fontsize=8)
-    for ax in axes.flat:
-        ax.set_xticks([])
-        ax.set_yticks([])
-    fig.tight_layout()
-    mass = pd.DataFrame(
-        {
-            "maps": list(maps),
-            "mass in mask, %": [100 * mass_in_mask(c, m).mean() for c in maps.values()],
-        }
-    )
-    return fig, mass
-
-
-def verdicts(result: SaliencyValidation) -> dict[str, str]:
-    """The sentences the chapters cite: the choice, who fails the check, and against what."""
-    from clipnb.core.report import join_words
-
-    means = result.table.groupby(["method", "layer"], sort=False).mean(numeric_only=True)
-    per_method = means.groupby(level="method", sort=False).rho_random.min()
-    failing = [m for m, rho in per_method.items() if rho >= MAX_RANDOM_CORRELATION]
-    chosen = result.row()
-    centre = result.baseline("centre prior")
-    passed = bool(chosen.rho_random < MAX_RANDOM_CORRELATION)
-    above_uniform = bool(chosen.mass > result.baseline().mass)
-    if not passed:
-        interpretable = (
-            "no method passes the randomisation check on this model, so the CAM rows of the "
-            "chapters are not interpretable at this scale"
-        )
-    elif not above_uniform:
-        interpretable = (
-            "the chosen maps put no more mass on the object than a uniform map, so the CAM rows "
-            "of the chapters are not interpretable at this scale"
-        )
-    else:
-        interpretable = "the chapters' CAM figures use it and quote its mass in mask"
-    return {
-        "saliency_choice": result.setting.label(),
-        "saliency_failing": join_words(failing, empty="no method"),
-        "saliency_failing_verb": "fails" if len(failing) == 1 else "fail",
-        "saliency_vs_centre": ("above" if chosen.mass > centre.mass else "below")
-        + " the centre prior's",
-        "saliency_pointing_vs_centre": ("above" if chosen.pointing > centre.pointing else "below")
-        + " the centre prior's",
-        "saliency_interpretable": interpretable,
-    }
 
 
 def interpretable(result: SaliencyValidation) -> bool:
