@@ -44,52 +44,21 @@ chain_yaml = ""
 max_per_split = 0
 
 # %%
-import time
-from pathlib import Path
-
-import matplotlib.pyplot as plt
-import numpy as np
-import pandas as pd
-import torch
-
-import clipnb
 from clipnb.core import report
-from clipnb.core.evaluation import fit_linear_probe, select_on_validation
-from clipnb.core.features import encode_images, encode_texts, image_tensors
-from clipnb.data import memes
-from clipnb.methods import saliency
-from clipnb.methods.backbones import load_model
+from clipnb.core.utils import Stopwatch
 from clipnb.studies import hidden_links
 
-start, start_cpu = time.perf_counter(), time.process_time()
+clock = Stopwatch()
 report.set_style()
-clipnb.seed_everything(seeds[0])
-bundle = load_model(profile)
-cam_validation = saliency.validated_setting(bundle, profile)
-report.glue_words("cam_setting", cam_validation.setting.label())
-report.glue_words("cam_reading", saliency.reading(cam_validation))
-if dataset == "memes":
-    data = clipnb.load_dataset(dataset, n_train=n_train, n_val=n_val, n_test=n_test)
-else:
-    data = clipnb.load_dataset(dataset, max_per_split=max_per_split or None)
-train, val, test = data.train, data.val, data.test
-synthetic = dataset == "memes"
-links = memes.DEFAULT_LINKS if synthetic else None
-# The auxiliary knowledge: generated with the memes, or the user's files in the full profile.
-if synthetic:
-    aux_all = memes.alignment_images(links, max(aux_counts))
-    chain_spec = memes.ChainSpec(links.chain_sentences())
-    aux_note = "generated with the memes"
-elif aux_dir and chain_yaml and Path(aux_dir).is_dir() and Path(chain_yaml).is_file():
-    aux_all = memes.load_alignment_folder(aux_dir)
-    chain_spec = memes.load_chain_yaml(chain_yaml)
-    aux_note = f"read from {aux_dir} and {chain_yaml}"
-else:
-    aux_all, chain_spec = None, None
-    aux_note = "missing (set aux_dir and chain_yaml): only experiment 1 runs"
-print(
-    f"{dataset}: {len(train)} train, {len(val)} val, {len(test)} test memes; auxiliary data {aux_note}"
-)
+results = hidden_links.run(
+    profile=profile, dataset=dataset, seeds=seeds, n_train=n_train, n_val=n_val, n_test=n_test,
+    steps=steps, eval_every=eval_every, pairs_per_step=pairs_per_step, lrs=lrs,
+    chain_batch=chain_batch, aux_counts=aux_counts, cam_counts=cam_counts, cam_memes=cam_memes,
+    aux_dir=aux_dir, chain_yaml=chain_yaml, max_per_split=max_per_split,
+)  # fmt: skip
+print(results.data_note)
+report.glue_numbers(hidden_links.numbers(results))
+report.glue_all(hidden_links.verdicts(results))
 
 # %% [markdown]
 # ## The memes
@@ -112,25 +81,8 @@ print(
 # the hidden links; the shown links are the control that finetuning works at all.
 
 # %%
-if synthetic:
-    rows_shown = [
-        np.flatnonzero((test.domains == g) & (test.labels == y))[:4] for g in (0, 1) for y in (1, 0)
-    ]
-    examples = np.concatenate(rows_shown)
-    info = memes.meme_table(test)
-    titles = [
-        f"{info.emblem[i]} · {info.word[i]}\n{'hateful' if test.labels[i] else 'benign'} ({info.group[i]})"
-        for i in examples
-    ]
-else:
-    examples = np.r_[np.flatnonzero(test.labels == 1)[:8], np.flatnonzero(test.labels == 0)[:8]]
-    titles = [("hateful" if test.labels[i] else "benign") for i in examples]
-fig = report.image_grid([test.array(i) for i in examples], titles, ncols=8, size=1.45)
-report.glue("fig_memes", fig)
-plt.close(fig)
-links.table() if synthetic else pd.DataFrame(
-    {"split": ["train", "val", "test"], "memes": [len(train), len(val), len(test)]}
-)
+report.glue("fig_memes", hidden_links.memes_figure(results))
+hidden_links.links_table(results)
 
 # %% [markdown]
 # ```{glue:figure} fig_memes
@@ -153,111 +105,7 @@ links.table() if synthetic else pd.DataFrame(
 # the caption text side by side. Test accuracy (%), on shown-link and on hidden-link memes:
 
 # %%
-split_names = ("train", "val", "test")
-views = {
-    "caption text alone": {s: encode_texts(bundle, data.split(s).texts) for s in split_names},
-    "meme image (emblem + printed word)": {
-        s: encode_images(bundle, data.split(s)) for s in split_names
-    },
-}
-if synthetic:
-    blanked = {s: encode_images(bundle, memes.without_caption(data.split(s))) for s in split_names}
-    views = {"emblem alone (caption band blanked)": blanked, **views}
-views["meme image + caption text"] = {
-    s: torch.cat(
-        [views["meme image (emblem + printed word)"][s], views["caption text alone"][s]], 1
-    )
-    for s in split_names
-}
-test_groups = (
-    {"shown": test.domains == 0, "hidden": test.domains == 1}
-    if synthetic
-    else {"all": np.ones(len(test), bool)}
-)
-probe_rows = {}
-for name, x in views.items():
-    probe = fit_linear_probe(x["train"], train.labels, x["val"], val.labels)
-    predicted = probe.classifier.predict(np.asarray(x["test"]))
-    probe_rows[name] = {
-        g: clipnb.accuracy(predicted[m], test.labels[m]) for g, m in test_groups.items()
-    }
-probes = pd.DataFrame(probe_rows).T
-first = next(iter(test_groups))
-report.glue(
-    "probe_emblem", probe_rows.get("emblem alone (caption band blanked)", {}).get(first, np.nan)
-)
-report.glue("probe_text", probe_rows["caption text alone"][first])
-report.glue("probe_image", probe_rows["meme image (emblem + printed word)"][first])
-report.glue(
-    "probe_image_hidden", probe_rows["meme image (emblem + printed word)"].get("hidden", np.nan)
-)
-report.glue("probe_both", probe_rows["meme image + caption text"][first])
-
-
-def acc_band(group: str) -> float:
-    """Two standard errors (points) of a chance-level accuracy on one group of test memes."""
-    return 100 / np.sqrt(max(int(test_groups[group].sum()), 1))
-
-
-def auroc_band(group: str) -> float:
-    """Two standard errors (points) of a chance-level AUROC (Hanley-McNeil) on one group."""
-    if group not in test_groups:
-        return np.nan
-    y = test.labels[test_groups[group]]
-    n1, n0 = max(int(y.sum()), 1), max(int(len(y) - y.sum()), 1)
-    return 200 * np.sqrt((n1 + n0 + 1) / (12 * n1 * n0))
-
-
-def versus_chance(value: float, band: float) -> str:
-    if np.isnan(value):
-        return "not measured"
-    return (
-        "above chance"
-        if value > 50 + band
-        else "below chance"
-        if value < 50 - band
-        else "at chance"
-    )
-
-
-report.glue("acc_band_first", acc_band(first))
-alone = {
-    "the emblem alone": probe_rows.get("emblem alone (caption band blanked)", {}).get(
-        first, np.nan
-    ),
-    "the caption text alone": probe_rows["caption text alone"][first],
-}
-off = [
-    k
-    for k, v in alone.items()
-    if versus_chance(v, acc_band(first)) not in ("at chance", "not measured")
-]
-report.glue_words(
-    "probe_alone_verdict",
-    "both stay at chance: the confounders do their job, neither the picture nor the words alone"
-    " carry the label"
-    if not off
-    else f"{report.join_words(off)} {'is' if len(off) == 1 else 'are'} off chance, so the confounders do"
-    " not fully hide the label",
-)
-image_vs = versus_chance(probe_rows["meme image (emblem + printed word)"][first], acc_band(first))
-report.glue_words(
-    "probe_image_verdict",
-    "above chance: the embedded CLIP's image features separate the few emblem-and-printed-word"
-    " combinations of the training memes well enough to memorise which are hateful, much as an"
-    " image-only model on real memes reads their overlaid text"
-    if image_vs == "above chance"
-    else f"{image_vs}: a linear probe on the image features does not pick up which"
-    " emblem-and-printed-word combinations are hateful",
-)
-report.glue_words(
-    "probe_image_hidden_vs",
-    versus_chance(
-        probe_rows["meme image (emblem + printed word)"].get("hidden", np.nan),
-        acc_band("hidden") if "hidden" in test_groups else np.nan,
-    ),
-)
-probes.round(1)
+hidden_links.probe_table(results)
 
 # %% [markdown]
 # On shown-link memes the emblem alone scores {glue:text}`probe_emblem:.1f` % and the caption text
@@ -290,139 +138,10 @@ probes.round(1)
 # separately.
 
 # %%
-rows_cam = hidden_links.cam_rows(test, cam_memes)
-records, masses, example_maps = [], [], {}
-
-
-def record(
-    experiment: str, stage: str, n_aux: int, seed: int, clf: hidden_links.MemeClassifier
-) -> None:
-    metrics, cam, maps = hidden_links.measure(clf, test, rows_cam, cam_validation.setting)
-    keys = {"experiment": experiment, "stage": stage, "n": n_aux, "seed": seed}
-    records.extend(keys | r for r in metrics)
-    masses.extend(keys | r for r in cam)
-    if seed == seeds[0]:
-        example_maps[(experiment, stage, n_aux)] = maps
-
-
-n_runs, chosen_lr = 0, {}
-
-
-def train_run(part: str, templates, lr: float, seed: int, **extra) -> hidden_links.MemeTraining:
-    global n_runs
-    n_runs += 1
-    clipnb.seed_everything(seed)
-    return hidden_links.finetune_memes(
-        bundle, part, train, val, templates=templates, steps=steps, lr=lr, seed=seed,
-        eval_every=eval_every, pairs_per_step=pairs_per_step, progress=True, **extra,
-    )  # fmt: skip
-
-
-runs = {}
-for family in ("caption", "shared"):
-    templates = hidden_links.PROMPT_FAMILIES[family]
-    zero_shot = hidden_links.MemeClassifier(bundle, templates, bundle)
-    record("1", f"zero-shot · {family} prompts", 0, seeds[0], zero_shot)
-    for part in ("image_encoder", "text_encoder"):
-        trials = {}
-        if family == "caption":  # learning rate: best validation AUROC of the first seed's runs
-            trials = {lr: train_run(part, templates, lr, seeds[0]) for lr in lrs}
-            best_val = {lr: trial.best_val for lr, trial in trials.items()}
-            chosen_lr[part], _ = select_on_validation(lrs, best_val.__getitem__)
-        lr = chosen_lr[part]
-        for seed in seeds:
-            run = trials.get(lr) if seed == seeds[0] else None
-            run = run or train_run(part, templates, lr, seed)
-            runs[(family, part, seed)] = run
-            record("1", f"{part.replace('_', ' ')} · {family} prompts", 0, seed, run.classifier)
-lr_text = chosen_lr["text_encoder"]
-pd.Series(chosen_lr, name="learning rate chosen on validation")
+hidden_links.chosen_lr_table(results)
 
 # %%
-results = pd.DataFrame.from_records(records)
-main_group = "hidden" if synthetic else "all"
-columns = [(main_group, m) for m in hidden_links.METRICS]
-columns += [("shown", "accuracy"), ("shown", "AUROC")] if synthetic else []
-ft_text, ft_image = "text encoder · caption prompts", "image encoder · caption prompts"
-exp1 = results[results.experiment == "1"]
-report.glue("auroc_ft", hidden_links.mean_where(exp1, "AUROC", stage=ft_text, group=main_group))
-report.glue("acc_ft", hidden_links.mean_where(exp1, "accuracy", stage=ft_text, group=main_group))
-report.glue(
-    "auroc_ft_image", hidden_links.mean_where(exp1, "AUROC", stage=ft_image, group=main_group)
-)
-report.glue(
-    "acc_ft_best",
-    max(
-        hidden_links.mean_where(exp1, "accuracy", stage=s, group=main_group)
-        for s in exp1.stage.unique()
-    ),
-)
-report.glue("auroc_ft_shown", hidden_links.mean_where(exp1, "AUROC", stage=ft_text, group="shown"))
-report.glue("acc_ft_shown", hidden_links.mean_where(exp1, "accuracy", stage=ft_text, group="shown"))
-report.glue(
-    "auroc_ft_image_shown", hidden_links.mean_where(exp1, "AUROC", stage=ft_image, group="shown")
-)
-report.glue("chosen_step_mean", np.mean([r.chosen_step for r in runs.values()]))
-for part in ("image", "text"):
-    value = hidden_links.mean_where(
-        exp1, "AUROC", stage=f"{part} encoder · shared prompts", group="shown"
-    )
-    report.glue(f"auroc_ft_{part}_shared_shown", value)
-band_main, band_shown = auroc_band(main_group), auroc_band("shown")
-report.glue("band_main", band_main)
-report.glue("band_shown", band_shown)
-report.glue("band_main_top", 50 + band_main)
-hidden_vs = {
-    s: versus_chance(hidden_links.mean_where(exp1, "AUROC", stage=s, group=main_group), band_main)
-    for s in exp1.stage.unique()
-}
-above = [s for s, v in hidden_vs.items() if v == "above chance"]
-finetuned_above = [s for s in above if not s.startswith("zero-shot")]
-report.glue_words(
-    "exp1_hidden_verdict",
-    "no setting ranks the memes above chance"
-    if not above
-    else f"{report.join_words(above)} {'ranks' if len(above) == 1 else 'rank'} the memes above chance",
-)
-acc_best_vs = versus_chance(
-    max(hidden_links.mean_where(exp1, "accuracy", stage=s, group=main_group) for s in hidden_vs),
-    acc_band(main_group),
-)
-report.glue_words(
-    "exp1_source_verdict",
-    "That matches the source's finding"
-    if not finetuned_above and acc_best_vs != "above chance"
-    else "That departs from the source's finding",
-)
-report.glue_words("ft_image_vs", hidden_vs[ft_image])
-shown_vs = {
-    key: versus_chance(
-        hidden_links.mean_where(exp1, "AUROC", stage=stage, group="shown"), band_shown
-    )
-    for key, stage in (
-        ("text", ft_text),
-        ("image", ft_image),
-        ("image_shared", "image encoder · shared prompts"),
-        ("text_shared", "text encoder · shared prompts"),
-    )
-}
-for key, verdict in shown_vs.items():
-    report.glue_words(f"shown_{key}_vs", verdict)
-shown_learned = shown_vs["text"] == shown_vs["image"] == "above chance"
-if shown_learned and not finetuned_above:
-    words = (
-        "Finetuning learns the links it is shown; the hidden links are not in the labelled data,"
-        " and finetuning on it does not find them."
-    )
-elif shown_learned:
-    words = "Finetuning learns the links it is shown, and some of it carries over to hidden links."
-else:
-    words = (
-        "Finetuning does not clearly learn even the links it is shown at this scale, so the"
-        " hidden-link numbers say little about missing links."
-    )
-report.glue_words("shown_conclusion", words)
-hidden_links.metric_table(exp1, columns)
+hidden_links.plain_table(results)
 
 # %% [markdown]
 # Columns: the group of test memes (hidden-link memes; all test memes in the `full` profile),
@@ -472,18 +191,6 @@ hidden_links.metric_table(exp1, columns)
 # text encoder is trained, with the caption prompts; $n$ runs over {glue:md}`aux_counts_words`
 # (the source's 0 to 10).
 
-# %%
-have_aux = aux_all is not None
-report.glue_words("aux_counts_words", ", ".join(str(n) for n in aux_counts))
-for n_aux in aux_counts if have_aux else []:
-    for seed in seeds:
-        if n_aux == 0:  # the same run as experiment 1's text encoder with caption prompts
-            run = runs[("caption", "text_encoder", seed)]
-        else:
-            aux = memes.first_per_emblem(aux_all, n_aux)
-            run = train_run("text_encoder", hidden_links.CAPTION_TEMPLATES, lr_text, seed, aux=aux)
-        record("2", "memes + alignment", n_aux, seed, run.classifier)
-
 # %% [markdown]
 # ## Experiment 3: text-encoder self-learning
 #
@@ -506,126 +213,7 @@ for n_aux in aux_counts if have_aux else []:
 # links are stated. The frozen copy never changes (a test checks its parameters).
 
 # %%
-reference = hidden_links.FrozenReference(bundle, chain_spec.anchors) if have_aux else None
-# Control sentences: each test-only word with the concepts it is *not* linked to.
-test_words = links.words_for("test") if synthetic else []
-linked_sentences = links.chain_sentences(test_words) if synthetic else []
-unlinked_sentences = (
-    [q for k in (1, 2, 3) for q in links.chain_sentences(test_words, shift=k)] if synthetic else []
-)
-shares = []
-for n_aux in aux_counts if have_aux else []:
-    for seed in seeds:
-        aux = memes.first_per_emblem(aux_all, n_aux) if n_aux else None
-        run = train_run(
-            "text_encoder", hidden_links.CAPTION_TEMPLATES, lr_text, seed, aux=aux,
-            chain=chain_spec.sentences, chain_batch=chain_batch, reference=reference,
-        )  # fmt: skip
-        record("3", "memes + self-learning + alignment", n_aux, seed, run.classifier)
-        if synthetic and n_aux == max(aux_counts):
-            model = run.classifier.bundle
-            shares.append({
-                "seed": seed,
-                "linked (trained)": hidden_links.target_share(model, reference, linked_sentences),
-                "not linked (never seen)": hidden_links.target_share(model, reference, unlinked_sentences),
-            })  # fmt: skip
-
-# %%
-results = pd.DataFrame.from_records(records)
-n_max = max(aux_counts)
-align_label = f"2. + alignment ({n_max} images per emblem)"
-chain_label = f"3b. + self-learning + alignment ({n_max} per emblem)"
-stages = pd.concat(
-    [
-        exp1[exp1.stage == "zero-shot · caption prompts"].assign(stage="0. zero-shot"),
-        exp1[exp1.stage == ft_text].assign(stage="1. memes only (text encoder)"),
-        results[(results.experiment == "2") & (results.n == n_max)].assign(stage=align_label),
-        results[(results.experiment == "3") & (results.n == 0)].assign(
-            stage="3a. + self-learning (no alignment)"
-        ),
-        results[(results.experiment == "3") & (results.n == n_max)].assign(stage=chain_label),
-    ]
-)
-for key, stage in (
-    ("align", align_label),
-    ("self", "3a. + self-learning (no alignment)"),
-    ("chain", chain_label),
-):
-    for metric in ("AUROC", "linked", "confounders"):
-        value = hidden_links.mean_where(stages, metric, stage=stage, group=main_group)
-        report.glue(f"{metric.lower()}_{key}", value)
-    report.glue(
-        f"auroc_{key}_shown", hidden_links.mean_where(stages, "AUROC", stage=stage, group="shown")
-    )
-report.glue("n_max", n_max)
-aux_stages = {
-    "align": align_label,
-    "self": "3a. + self-learning (no alignment)",
-    "chain": chain_label,
-}
-aux_names = {
-    "align": "the alignment images",
-    "self": "the self-learning step",
-    "chain": "the whole pipeline",
-}
-aux_hidden_vs = {
-    key: versus_chance(
-        hidden_links.mean_where(stages, "AUROC", stage=st, group=main_group), band_main
-    )
-    for key, st in aux_stages.items()
-}
-aux_off = [aux_names[k] for k, v in aux_hidden_vs.items() if v not in ("at chance", "not measured")]
-report.glue_words(
-    "stages_hidden_verdict",
-    "Without auxiliary data only the memes-only stage ran"
-    if not have_aux
-    else "None of the stages moves the hidden-link AUROC off chance"
-    if not aux_off
-    else f"{report.join_words(aux_off).capitalize()} {'moves' if len(aux_off) == 1 else 'move'} the"
-    " hidden-link AUROC off chance",
-)
-# Do the accuracies on hateful memes and on confounders trade off from seed to seed?
-aux_rows = stages[stages.stage.isin(aux_stages.values()) & (stages.group == main_group)]
-trade = np.nan  # one seed, or no auxiliary stages (full profile without aux_dir): no pairs
-if len(seeds) > 1 and len(aux_rows):
-    centred = aux_rows.groupby("stage")[["linked", "confounders"]].transform(lambda c: c - c.mean())
-    trade = float(centred["linked"].corr(centred["confounders"]))
-report.glue("trade_corr", trade)
-report.glue("trade_std_max", float(aux_rows.groupby("stage")["linked"].std().max()))
-if not len(aux_rows):
-    words = "cannot be compared here (no auxiliary stages ran)"
-elif np.isnan(trade):
-    words = "cannot be compared from seed to seed (one seed)"
-elif trade < -0.5:
-    words = "swing in opposite directions from seed to seed"
-else:
-    words = "do not simply trade off against each other from seed to seed"
-report.glue_words("trade_verdict", words)
-shown_gain = {
-    k: hidden_links.mean_where(stages, "AUROC", stage=st, group="shown")
-    - hidden_links.mean_where(exp1, "AUROC", stage=ft_text, group="shown")
-    for k, st in aux_stages.items()
-}
-raise_shown = [aux_names[k] for k, g in shown_gain.items() if g > 0]
-if all(np.isnan(g) for g in shown_gain.values()):
-    words = "this profile has no shown-link split"
-elif len(raise_shown) == len(aux_stages):
-    words = "each of the three raises it: extra training of the text side, on texts that name the"
-    words += " concepts and the training words, helps the links the memes already teach"
-elif raise_shown:
-    words = (
-        f"only {report.join_words(raise_shown)} {'raises' if len(raise_shown) == 1 else 'raise'} it"
-    )
-else:
-    words = "none of the three raises it"
-words += (
-    "; nothing here creates the links the memes do not teach"
-    if not aux_off
-    else f"; and {report.join_words(aux_off)} also {'moves' if len(aux_off) == 1 else 'move'}"
-    " the hidden links off chance"
-)
-report.glue_words("aux_shown_verdict", words)
-hidden_links.metric_table(stages, columns)
+hidden_links.stages_table(results)
 
 # %% [markdown]
 # Each stage of the source's pipeline, scored on the same test memes (mean ± std over seeds;
@@ -649,35 +237,7 @@ hidden_links.metric_table(stages, columns)
 # {glue:text}`auroc_chain_shown:.1f` % with both; {glue:md}`aux_shown_verdict`.
 
 # %%
-share_table = pd.DataFrame.from_records(
-    shares, columns=["seed", "linked (trained)", "not linked (never seen)"]
-)
-report.glue("share_linked", share_table["linked (trained)"].mean())
-report.glue("share_unlinked", share_table["not linked (never seen)"].mean())
-share_gap = share_table["linked (trained)"].mean() - share_table["not linked (never seen)"].mean()
-if np.isnan(share_gap):
-    words = "This is measured on the generated memes only."
-elif abs(share_gap) < 10:
-    words = (
-        "The two shares are close: the step taught the sentence's form (\"the {concept} keep the"
-        ' {word}" is hateful), not which concept goes with which word.'
-    )
-else:
-    words = (
-        f'Linked sentences land nearest "hateful" {share_gap:+.1f} points more often than'
-        " unlinked ones: the step taught some of the links themselves, not only the sentence's"
-        " form."
-    )
-report.glue_words("share_verdict", words)
-report.glue_words(
-    "summary_share",
-    'learns that a chain-shaped sentence is "hateful" whether or not its link exists'
-    if not np.isnan(share_gap) and abs(share_gap) < 10
-    else "learns more than the sentence's form"
-    if not np.isnan(share_gap)
-    else "could not be probed without the generated memes",
-)
-share_table.drop(columns="seed").agg(["mean", "std"]).round(1)
+hidden_links.share_table(results)
 
 # %% [markdown]
 # What did the self-learning step teach? The table gives the share (%) of chain sentences that
@@ -693,23 +253,7 @@ share_table.drop(columns="seed").agg(["mean", "std"]).round(1)
 # two-step link (emblem → concept → word) needs.
 
 # %%
-over_n = results[results.experiment.isin(["2", "3"]) & (results.group == main_group)]
-families = [("2", "alignment", "C0"), ("3", "self-learning + alignment", "C3")]
-fig = hidden_links.plot_over_n(
-    over_n,
-    [
-        ("Hidden-link memes: AUROC", [("AUROC", "", "-")], "AUROC (%)"),
-        (
-            "Hateful memes vs confounders",
-            [("linked", ": hateful", "-"), ("confounders", ": confounders", "--")],
-            "accuracy (%)",
-        ),
-    ],
-    families,
-    chance=50,
-)
-report.glue("fig_aux_curve", fig)
-plt.close(fig)
+report.glue("fig_aux_curve", hidden_links.aux_curve_figure(results))
 
 # %% [markdown]
 # ```{glue:figure} fig_aux_curve
@@ -731,104 +275,10 @@ plt.close(fig)
 # encoder against the text encoder finetuned (caption prompts).
 
 # %%
-mass = pd.DataFrame.from_records(masses)
-if not len(mass):  # no masks (full profile): the maps only
-    mass = pd.DataFrame(
-        columns=[
-            "experiment",
-            "stage",
-            "n",
-            "seed",
-            "group",
-            "emblem mass",
-            "text mass",
-            "emblem area",
-            "text area",
-        ]
-    )
-mass[["emblem mass", "text mass"]] *= 100
-cam_group = "shown" if synthetic else "all"
-report.glue("cam_memes_used", max(len(r) for r in rows_cam.values()))
-report.glue("area_emblem", 100 * hidden_links.mean_where(mass, "emblem area", group=cam_group))
-report.glue("area_text", 100 * hidden_links.mean_where(mass, "text area", group=cam_group))
-encoder_stages = {"zs": "zero-shot · caption prompts", "img": ft_image, "txt": ft_text}
-for key, stage in encoder_stages.items():
-    for region in ("emblem", "text"):
-        value = hidden_links.mean_where(
-            mass, f"{region} mass", experiment="1", stage=stage, group=cam_group
-        )
-        report.glue(f"cam_{key}_{region}", value)
-cam_area = {
-    r: 100 * hidden_links.mean_where(mass, f"{r} area", group=cam_group) for r in ("emblem", "text")
-}
-cam_means = {
-    key: {
-        r: hidden_links.mean_where(mass, f"{r} mass", experiment="1", stage=stage, group=cam_group)
-        for r in ("emblem", "text")
-    }
-    for key, stage in encoder_stages.items()
-}
-
-
-def share_words(key: str) -> str:
-    """Whether each region gets more or less CAM mass than its share of the image."""
-    m = cam_means[key]
-    if any(np.isnan(v) for v in m.values()):
-        return "the masks needed to measure this are missing"
-    parts = [
-        f"the {'caption' if r == 'text' else r} gets {'more' if m[r] > cam_area[r] else 'less'}"
-        " than its share"
-        for r in ("emblem", "text")
-    ]
-    rest = 100 - m["emblem"] - m["text"]
-    return f"{parts[0]}, {parts[1]}, and {rest:.0f} % lies elsewhere (on the background)"
-
-
-def move_words(key: str) -> str:
-    """How a finetuned map's masses differ from the zero-shot map's."""
-    m, z = cam_means[key], cam_means["zs"]
-    if any(np.isnan(v) for v in [*m.values(), *z.values()]):
-        return "not measured"
-    return (
-        ", ".join(
-            f"{'more' if m[r] > z[r] else 'less'} on the {'caption' if r == 'text' else r}"
-            for r in ("text", "emblem")
-        )
-        + " than zero-shot"
-    )
-
-
-report.glue_words("cam_zs_verdict", share_words("zs"))
-report.glue_words("cam_img_move", move_words("img"))
-report.glue_words("cam_txt_move", move_words("txt"))
-cam_table = mass[(mass.experiment == "1") & mass.stage.isin(encoder_stages.values())].melt(
-    id_vars=["stage", "seed", "group"], value_vars=["emblem mass", "text mass"], var_name="region"
-)
-cam_table["column"] = cam_table.group + " · " + cam_table.region
-report.mean_std_table(cam_table, index="stage", columns="column", value="value") if len(
-    cam_table
-) else cam_table
+hidden_links.cam_table(results)
 
 # %%
-shown_meme = int(rows_cam[cam_group][0])
-fig = hidden_links.cam_rows_figure(
-    report.display_images(bundle, image_tensors(bundle, test, [shown_meme]))[0],
-    [
-        (
-            f"meme: {test.texts[shown_meme]}",
-            [
-                (name, example_maps[("1", stage, 0)][cam_group])
-                for name, stage in (
-                    ("zero-shot", encoder_stages["zs"]),
-                    ("image encoder", ft_image),
-                    ("text encoder", ft_text),
-                )
-            ],
-        )
-    ],
-)
-report.glue("fig_cam_encoders", fig)
-plt.close(fig)
+report.glue("fig_cam_encoders", hidden_links.cam_encoders_figure(results))
 
 # %% [markdown]
 # ```{glue:figure} fig_cam_encoders
@@ -858,78 +308,7 @@ plt.close(fig)
 # added, with the alignment alone and after the self-learning step.
 
 # %%
-over_n_mass = mass[mass.experiment.isin(["2", "3"]) & (mass.group == main_group)]
-fig = hidden_links.plot_over_n(
-    over_n_mass,
-    [
-        (
-            "Attention on hidden-link hateful memes",
-            [("emblem mass", ": emblem", "-"), ("text mass", ": caption", "--")],
-            "share of CAM mass (%)",
-        )
-    ],
-    families,
-)
-report.glue("fig_cam_over_n", fig)
-plt.close(fig)
-for key, experiment in (("align", "2"), ("chain", "3")):
-    for n_aux, tag in ((0, "0"), (max(aux_counts), "_max")):
-        for region in ("emblem", "text"):
-            value = hidden_links.mean_where(
-                over_n_mass, f"{region} mass", experiment=experiment, n=n_aux
-            )
-            report.glue(f"cam_{key}{tag}_{region}", value)
-spread = over_n_mass.groupby(["experiment", "n"])[["emblem mass", "text mass"]].std()
-cam_spread = spread.mean().mean()
-report.glue("cam_spread", cam_spread)
-report.glue("area_emblem_hidden", 100 * hidden_links.mean_where(over_n_mass, "emblem area"))
-curves = over_n_mass.groupby(["experiment", "n"])[["emblem mass", "text mass"]].mean()
-changes, rising = {}, {}
-for experiment in ("2", "3"):
-    for region in ("emblem", "text"):
-        if experiment not in curves.index.get_level_values("experiment"):
-            continue
-        curve_n = curves.loc[experiment, f"{region} mass"]
-        changes[(experiment, region)] = curve_n.iloc[-1] - curve_n.iloc[0]
-        rising[(experiment, region)] = bool(curve_n.is_monotonic_increasing)
-n_exceed = sum(abs(c) > cam_spread for c in changes.values())
-if np.isnan(cam_spread) or not changes:
-    words = "the spread over seeds cannot be measured here"
-elif n_exceed == 0:
-    words = "at least as large as every one of these changes"
-elif n_exceed == len(changes):
-    words = "smaller than every one of these changes"
-else:
-    words = f"larger than {len(changes) - n_exceed} of these {len(changes)} changes"
-report.glue_words("cam_spread_verdict", words)
-# The source's movement: onto the emblem with the alignment, onto the caption after self-learning.
-source_moves = {
-    ("2", "emblem"): "onto the emblem with the alignment",
-    ("3", "text"): "onto the caption after the self-learning step",
-}
-seen = [
-    move
-    for key, move in source_moves.items()
-    if rising.get(key, False) and changes.get(key, 0) > cam_spread
-]
-if len(seen) == len(source_moves):
-    words = "the maps show the steady movement the source described"
-elif seen:
-    words = f"of the steady movements the source described, the maps show only the one {seen[0]}"
-else:
-    words = "the maps do not show the steady movement the source described"
-report.glue_words("cam_source_verdict", words)
-auc_over_n = results[results.experiment.isin(["2", "3"]) & (results.group == main_group)]
-auc_over_n = auc_over_n.groupby(["experiment", "n"])["AUROC"].mean()
-n_off = sum(versus_chance(v, band_main) != "at chance" for v in auc_over_n)
-report.glue_words(
-    "cam_auc_verdict",
-    "the hidden-link AUROC stays at chance for every number of auxiliary images in both"
-    " experiments, whatever the maps do"
-    if n_off == 0
-    else f"the hidden-link AUROC leaves chance in {n_off} of the {len(auc_over_n)} settings"
-    " (figure of AUROC against the number of auxiliary images, above)",
-)
+report.glue("fig_cam_over_n", hidden_links.cam_over_n_figure(results))
 
 # %% [markdown]
 # ```{glue:figure} fig_cam_over_n
@@ -941,23 +320,7 @@ report.glue_words(
 # ```
 
 # %%
-hidden_meme = int(rows_cam[main_group][0])
-strip = [n for n in cam_counts if n in aux_counts] if have_aux else []
-fig = hidden_links.cam_rows_figure(
-    report.display_images(bundle, image_tensors(bundle, test, [hidden_meme]))[0],
-    [
-        (
-            f"{name}\nmeme: {test.texts[hidden_meme]}",
-            [(f"n = {n}", example_maps[(experiment, stage, n)][main_group]) for n in strip],
-        )
-        for experiment, stage, name in (
-            ("2", "memes + alignment", "alignment"),
-            ("3", "memes + self-learning + alignment", "self-learning"),
-        )
-    ],
-)
-report.glue("fig_cam_strip", fig)
-plt.close(fig)
+report.glue("fig_cam_strip", hidden_links.cam_strip_figure(results))
 
 # %% [markdown]
 # ```{glue:figure} fig_cam_strip
@@ -985,45 +348,7 @@ plt.close(fig)
 # any trend by choosing the seed. As for the accuracy, {glue:md}`cam_auc_verdict`.
 
 # %%
-report.glue("minutes", (time.perf_counter() - start) / 60)
-report.glue("cam_grid", bundle.model.visual.grid_size[0])
-report.glue("cpu_minutes", (time.process_time() - start_cpu) / 60)
-report.glue("n_runs", n_runs)
-report.glue("n_train_memes", len(train))
-if not finetuned_above:
-    words = "finetuning either encoder of the embedded CLIP does not rise above chance on those"
-    words += " links, as the source found on Hateful Memes"
-else:
-    words = f"finetuning rises above chance on those links ({report.join_words(finetuned_above)}),"
-    words += " unlike the source's finding on Hateful Memes"
-words += (
-    ", while it does learn the links its training memes contain"
-    if shown_learned
-    else ", and it does not clearly learn even the links its training memes contain"
-)
-report.glue_words("summary_exp1", words)
-words = (
-    "leave the hidden-link AUROC at chance here"
-    if not aux_off
-    else (f"move the hidden-link AUROC off chance here ({report.join_words(aux_off)})")
-)
-if raise_shown:
-    words += f"; {report.join_words(raise_shown)} {'raises' if len(raise_shown) == 1 else 'raise'}"
-    words += " the shown-link AUROC instead" if not aux_off else " the shown-link AUROC too"
-if not have_aux:
-    words = "could not be tried here (no auxiliary data)"
-report.glue_words("summary_aux", words)
-report.glue_words(
-    "summary_cam",
-    "their spread over seeds cannot be measured here"
-    if np.isnan(cam_spread)
-    else "their spread over seeds is as large as the moves"
-    if changes and n_exceed == 0
-    else f"{n_exceed} of the {len(changes)} moves measured"
-    f" {'exceeds' if n_exceed == 1 else 'exceed'} their spread over seeds"
-    if changes
-    else "their masses could not be measured here",
-)
+report.glue_numbers(hidden_links.minutes(clock))
 
 # %% [markdown]
 # ## What this shows, and its limits

@@ -1,8 +1,10 @@
-"""Tests for the synthetic memes (clipnb.memes) and the meme finetuning (clipnb.chain)."""
+"""Tests for the synthetic memes (clipnb.data.memes), the meme finetuning and the chapter's
+numbers and verdicts (clipnb.studies.hidden_links)."""
 
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from open_clip.tokenizer import _tokenizer
@@ -12,6 +14,18 @@ import clipnb
 from clipnb.data import memes, world
 from clipnb.methods.saliency import CamSetting
 from clipnb.studies import hidden_links
+from clipnb.studies.hidden_links import (
+    BOTH_VIEW,
+    EMBLEM_VIEW,
+    FT_IMAGE,
+    FT_TEXT,
+    IMAGE_VIEW,
+    TEXT_VIEW,
+    ZERO_SHOT,
+    Results,
+    numbers,
+    verdicts,
+)
 
 LINKS = memes.DEFAULT_LINKS
 
@@ -247,3 +261,457 @@ def test_target_share(tiny):
     # the frozen model puts its own anchor word "hateful" nearest its own "hateful" anchor
     assert hidden_links.target_share(tiny, reference, ["hateful"]) == 100.0
     assert hidden_links.target_share(tiny, reference, ["positive", "happy"]) == 0.0
+
+
+# --- the chapter's numbers and verdicts, on hand-made results ------------------------------------
+
+EXP1_STAGES = (
+    ZERO_SHOT,
+    FT_IMAGE,
+    FT_TEXT,
+    "zero-shot · shared prompts",
+    "image encoder · shared prompts",
+    "text encoder · shared prompts",
+)
+AUX_EXPERIMENTS = (("2", "memes + alignment"), ("3", "memes + self-learning + alignment"))
+#: 100 test memes per group, half of them hateful: a chance band of 10 points for the accuracy
+#: and 200 * sqrt(101 / 30000) = 11.6 points for the AUROC.
+LABELS = np.r_[np.ones(50, int), np.zeros(50, int)]
+BAND = 200 * np.sqrt(101 / 30000)
+
+
+def hand_made(seeds=(0,), synthetic=True, have_aux=True, masks=True, aux_counts=(0, 2)) -> Results:
+    """Every test group at chance (50 %), every CAM mass equal to its region's area (25, 31.25 %),
+    the self-learning step's shares close (100 % against 95 %)."""
+    groups = ("shown", "hidden") if synthetic else ("all",)
+    metric_groups = ("all", *groups) if synthetic else groups  # as grouped_metrics
+    settings = [("1", stage, 0) for stage in EXP1_STAGES]
+    if have_aux:
+        settings += [(e, stage, n) for e, stage in AUX_EXPERIMENTS for n in aux_counts]
+    keys = [
+        {"experiment": e, "stage": stage, "n": n, "seed": seed, "group": g}
+        for e, stage, n in settings
+        for seed in seeds
+        for g in metric_groups
+    ]
+    records = pd.DataFrame([k | dict.fromkeys(hidden_links.METRICS, 50.0) for k in keys])
+    cam = {"emblem mass": 25.0, "text mass": 31.25, "emblem area": 0.25, "text area": 0.3125}
+    masses = pd.DataFrame([k | cam for k in keys if k["group"] in groups])  # as cam_rows
+    if not masks:
+        masses = pd.DataFrame(columns=hidden_links.MASS_COLUMNS)
+    shares = [
+        {"seed": s, "linked (trained)": 100.0, "not linked (never seen)": 95.0} for s in seeds
+    ]
+    views = (
+        (EMBLEM_VIEW, TEXT_VIEW, IMAGE_VIEW, BOTH_VIEW)
+        if synthetic
+        else (TEXT_VIEW, IMAGE_VIEW, BOTH_VIEW)
+    )
+    return Results(
+        seeds=list(seeds),
+        aux_counts=list(aux_counts),
+        cam_counts=[0, 2],
+        synthetic=synthetic,
+        have_aux=have_aux,
+        test_labels={g: LABELS for g in groups},
+        probes={v: dict.fromkeys(groups, 50.0) for v in views},
+        chosen_lr={"image_encoder": 1e-3, "text_encoder": 1e-4},
+        chosen_steps=[0, 3, 6, 3],
+        records=records,
+        masses=masses,
+        shares=pd.DataFrame.from_records(
+            shares if synthetic and have_aux else [], columns=hidden_links.SHARE_COLUMNS
+        ),
+        n_runs=9,
+        n_train=64,
+        cam_memes_used=4,
+        cam_grid=4,
+        cam_setting="HiResCAM at block 1",
+        cam_reading="The maps use HiResCAM at block 1.",
+    )
+
+
+def put(frame: pd.DataFrame, column: str, value: float, **where) -> None:
+    """Set ``column`` to ``value`` in the rows where every ``column == value`` of ``where``."""
+    keep = np.ones(len(frame), bool)
+    for key, wanted in where.items():
+        keep &= (frame[key] == wanted).to_numpy()
+    assert keep.any(), where
+    frame.loc[keep, column] = value
+
+
+def test_numbers_of_hand_made_results():
+    r = hand_made()
+    put(r.records, "AUROC", 70.0, stage=FT_TEXT, group="hidden")
+    put(r.records, "accuracy", 62.5, stage=FT_IMAGE, group="hidden")
+    n = numbers(r)
+    assert n["band_main"] == pytest.approx(BAND) and n["band_shown"] == pytest.approx(BAND)
+    assert n["band_main_top"] == pytest.approx(50 + BAND) and n["acc_band_first"] == 10.0
+    assert n["auroc_ft"] == 70.0 and n["acc_ft_best"] == 62.5 and n["auroc_ft_shown"] == 50.0
+    assert n["chosen_step_mean"] == 3.0 and n["n_max"] == 2 and n["n_runs"] == 9
+    assert n["auroc_self"] == 50.0 and n["linked_chain"] == 50.0
+    assert n["share_linked"] == 100.0 and n["share_unlinked"] == 95.0
+    assert n["area_emblem"] == 25.0 and n["area_text"] == 31.25 and n["cam_txt_text"] == 31.25
+    assert np.isnan(n["cam_spread"]) and np.isnan(n["trade_corr"])  # one seed
+    assert n["probe_image_hidden"] == 50.0 and n["cam_memes_used"] == 4
+    assert "minutes" not in n  # timing comes from hidden_links.minutes
+
+
+def test_verdicts_of_results_at_chance():
+    assert verdicts(hand_made()) == {
+        "cam_setting": "HiResCAM at block 1",
+        "cam_reading": "The maps use HiResCAM at block 1.",
+        "probe_alone_verdict": "both stay at chance: the confounders do their job, neither the"
+        " picture nor the words alone carry the label",
+        "probe_image_verdict": "at chance: a linear probe on the image features does not pick up"
+        " which emblem-and-printed-word combinations are hateful",
+        "probe_image_hidden_vs": "at chance",
+        "exp1_hidden_verdict": "no setting ranks the memes above chance",
+        "exp1_source_verdict": "That matches the source's finding",
+        "ft_image_vs": "at chance",
+        "shown_text_vs": "at chance",
+        "shown_image_vs": "at chance",
+        "shown_image_shared_vs": "at chance",
+        "shown_text_shared_vs": "at chance",
+        "shown_conclusion": "Finetuning does not clearly learn even the links it is shown at this"
+        " scale, so the hidden-link numbers say little about missing links.",
+        "aux_counts_words": "0, 2",
+        "stages_hidden_verdict": "None of the stages moves the hidden-link AUROC off chance",
+        "trade_verdict": "cannot be compared from seed to seed (one seed)",
+        "aux_shown_verdict": "none of the three raises it; nothing here creates the links the"
+        " memes do not teach",
+        "share_verdict": "The two shares are close: the step taught the sentence's form"
+        ' ("the {concept} keep the {word}" is hateful), not which concept goes with which word.',
+        "summary_share": 'learns that a chain-shaped sentence is "hateful" whether or not its link'
+        " exists",
+        "cam_zs_verdict": "the emblem gets less than its share, the caption gets less than its"
+        " share, and 44 % lies elsewhere (on the background)",
+        "cam_img_move": "less on the caption, less on the emblem than zero-shot",
+        "cam_txt_move": "less on the caption, less on the emblem than zero-shot",
+        "cam_spread_verdict": "the spread over seeds cannot be measured here",
+        "cam_source_verdict": "the maps do not show the steady movement the source described",
+        "cam_auc_verdict": "the hidden-link AUROC stays at chance for every number of auxiliary"
+        " images in both experiments, whatever the maps do",
+        "summary_exp1": "finetuning either encoder of the embedded CLIP does not rise above chance"
+        " on those links, as the source found on Hateful Memes, and it does not clearly learn even"
+        " the links its training memes contain",
+        "summary_aux": "leave the hidden-link AUROC at chance here",
+        "summary_cam": "their spread over seeds cannot be measured here",
+    }
+
+
+def test_probe_verdicts():
+    r = hand_made()
+    r.probes[EMBLEM_VIEW]["shown"] = 70.0
+    r.probes[IMAGE_VIEW]["shown"] = 38.0  # more than the 10-point band below chance
+    v = verdicts(r)
+    assert v["probe_alone_verdict"] == (
+        "the emblem alone is off chance, so the confounders do not fully hide the label"
+    )
+    assert v["probe_image_verdict"] == (
+        "below chance: a linear probe on the image features does not pick up which"
+        " emblem-and-printed-word combinations are hateful"
+    )
+    r.probes[TEXT_VIEW]["shown"] = 39.0
+    r.probes[IMAGE_VIEW]["shown"] = 61.0
+    r.probes[IMAGE_VIEW]["hidden"] = 61.0
+    v = verdicts(r)
+    assert v["probe_alone_verdict"] == (
+        "the emblem alone and the caption text alone are off chance, so the confounders do not"
+        " fully hide the label"
+    )
+    assert v["probe_image_verdict"].startswith(
+        "above chance: the embedded CLIP's image features separate the few"
+    )
+    assert v["probe_image_hidden_vs"] == "above chance"
+    r.probes[TEXT_VIEW]["shown"] = 59.0  # within the band
+    assert verdicts(r)["probe_alone_verdict"].startswith("the emblem alone is off chance")
+
+
+def test_experiment1_verdicts():
+    r = hand_made()
+    put(r.records, "AUROC", 70.0, stage=ZERO_SHOT, group="hidden")
+    v = verdicts(r)
+    assert v["exp1_hidden_verdict"] == "zero-shot · caption prompts ranks the memes above chance"
+    assert v["exp1_source_verdict"] == "That matches the source's finding"  # zero-shot only
+    put(r.records, "AUROC", 70.0, stage=FT_TEXT, group="hidden")
+    put(r.records, "AUROC", 30.0, stage=FT_IMAGE, group="hidden")
+    v = verdicts(r)
+    assert v["exp1_hidden_verdict"] == (
+        "zero-shot · caption prompts and text encoder · caption prompts rank the memes above chance"
+    )
+    assert v["exp1_source_verdict"] == "That departs from the source's finding"
+    assert v["ft_image_vs"] == "below chance"
+    assert v["summary_exp1"] == (
+        "finetuning rises above chance on those links (text encoder · caption prompts), unlike"
+        " the source's finding on Hateful Memes, and it does not clearly learn even the links its"
+        " training memes contain"
+    )
+
+
+def test_an_accuracy_above_chance_departs_from_the_source():
+    r = hand_made()
+    put(r.records, "accuracy", 61.0, stage="zero-shot · shared prompts", group="hidden")
+    assert verdicts(r)["exp1_source_verdict"] == "That departs from the source's finding"
+
+
+def test_shown_link_verdicts_and_conclusions():
+    r = hand_made()
+    for stage in (FT_TEXT, FT_IMAGE):
+        put(r.records, "AUROC", 80.0, stage=stage, group="shown")
+    put(r.records, "AUROC", 30.0, stage="image encoder · shared prompts", group="shown")
+    v = verdicts(r)
+    assert [v[f"shown_{k}_vs"] for k in ("text", "image", "image_shared", "text_shared")] == [
+        "above chance",
+        "above chance",
+        "below chance",
+        "at chance",
+    ]
+    assert v["shown_conclusion"] == (
+        "Finetuning learns the links it is shown; the hidden links are not in the labelled data,"
+        " and finetuning on it does not find them."
+    )
+    assert v["summary_exp1"].endswith(
+        "as the source found on Hateful Memes, while it does learn the links its training memes"
+        " contain"
+    )
+    put(r.records, "AUROC", 80.0, stage=FT_IMAGE, group="hidden")
+    v = verdicts(r)
+    assert v["shown_conclusion"] == (
+        "Finetuning learns the links it is shown, and some of it carries over to hidden links."
+    )
+    assert v["summary_exp1"] == (
+        "finetuning rises above chance on those links (image encoder · caption prompts), unlike"
+        " the source's finding on Hateful Memes, while it does learn the links its training memes"
+        " contain"
+    )
+
+
+def test_auxiliary_stage_verdicts():
+    r = hand_made()
+    put(r.records, "AUROC", 70.0, experiment="2", n=2, group="hidden")
+    v = verdicts(r)
+    assert v["stages_hidden_verdict"] == (
+        "The alignment images moves the hidden-link AUROC off chance"
+    )
+    assert v["cam_auc_verdict"] == (
+        "the hidden-link AUROC leaves chance in 1 of the 4 settings (figure of AUROC against the"
+        " number of auxiliary images, above)"
+    )
+    assert v["aux_shown_verdict"] == (
+        "none of the three raises it; and the alignment images also moves the hidden links off"
+        " chance"
+    )
+    assert v["summary_aux"] == ("move the hidden-link AUROC off chance here (the alignment images)")
+    put(r.records, "AUROC", 30.0, experiment="3", n=2, group="hidden")
+    put(r.records, "AUROC", 60.0, experiment="3", group="shown")
+    v = verdicts(r)
+    assert v["stages_hidden_verdict"] == (
+        "The alignment images and the whole pipeline move the hidden-link AUROC off chance"
+    )
+    assert v["aux_shown_verdict"] == (
+        "only the self-learning step and the whole pipeline raise it; and the alignment images"
+        " and the whole pipeline also move the hidden links off chance"
+    )
+    assert v["summary_aux"] == (
+        "move the hidden-link AUROC off chance here (the alignment images and the whole"
+        " pipeline); the self-learning step and the whole pipeline raise the shown-link AUROC too"
+    )
+
+
+def test_the_auxiliary_stages_raising_the_shown_links():
+    r = hand_made()
+    put(r.records, "AUROC", 60.0, experiment="2", n=2, group="shown")
+    v = verdicts(r)
+    assert v["aux_shown_verdict"] == (
+        "only the alignment images raises it; nothing here creates the links the memes do not teach"
+    )
+    assert v["summary_aux"] == (
+        "leave the hidden-link AUROC at chance here; the alignment images raises the shown-link"
+        " AUROC instead"
+    )
+    put(r.records, "AUROC", 60.0, experiment="3", group="shown")
+    assert verdicts(r)["aux_shown_verdict"] == (
+        "each of the three raises it: extra training of the text side, on texts that name the"
+        " concepts and the training words, helps the links the memes already teach; nothing here"
+        " creates the links the memes do not teach"
+    )
+
+
+def test_trade_off_across_seeds():
+    r = hand_made(seeds=(0, 1))
+    for seed, linked in ((0, 40.0), (1, 60.0)):
+        put(r.records, "linked", linked, seed=seed)
+        put(r.records, "confounders", 100 - linked, seed=seed)
+    assert numbers(r)["trade_corr"] == pytest.approx(-1.0)
+    assert numbers(r)["trade_std_max"] == pytest.approx(np.std([40, 60], ddof=1))
+    assert verdicts(r)["trade_verdict"] == "swing in opposite directions from seed to seed"
+    put(r.records, "confounders", 40.0, seed=0)
+    put(r.records, "confounders", 60.0, seed=1)
+    assert verdicts(r)["trade_verdict"] == (
+        "do not simply trade off against each other from seed to seed"
+    )
+
+
+def test_share_verdicts():
+    r = hand_made()
+    r.shares["not linked (never seen)"] = 80.0
+    v = verdicts(r)
+    assert v["share_verdict"] == (
+        'Linked sentences land nearest "hateful" +20.0 points more often than unlinked ones: the'
+        " step taught some of the links themselves, not only the sentence's form."
+    )
+    assert v["summary_share"] == "learns more than the sentence's form"
+    r.shares["not linked (never seen)"] = 112.5  # a negative gap counts by its size
+    assert verdicts(r)["share_verdict"].startswith('Linked sentences land nearest "hateful" -12.5')
+
+
+def test_cam_verdicts_of_the_encoders():
+    r = hand_made()
+    put(r.masses, "emblem mass", 40.0, stage=ZERO_SHOT)
+    put(r.masses, "text mass", 50.0, stage=FT_IMAGE)
+    v = verdicts(r)
+    assert v["cam_zs_verdict"] == (
+        "the emblem gets more than its share, the caption gets less than its share, and 29 % lies"
+        " elsewhere (on the background)"
+    )
+    assert v["cam_img_move"] == "more on the caption, less on the emblem than zero-shot"
+    assert v["cam_txt_move"] == "less on the caption, less on the emblem than zero-shot"
+
+
+def moving_masses(r: Results, moves: dict[tuple[str, str], float]) -> Results:
+    """Seeds 0 and 1 one point below and above each mean (a spread of sqrt(2) points), and the
+    masses at n = 2 moved by ``moves[(experiment, region)]`` points from n = 0."""
+    for seed, offset in ((0, -1.0), (1, 1.0)):
+        for (experiment, region), move in moves.items():
+            base = 25.0 if region == "emblem" else 31.25
+            where = dict(experiment=experiment, group="hidden", seed=seed)
+            put(r.masses, f"{region} mass", base + offset, n=0, **where)
+            put(r.masses, f"{region} mass", base + offset + move, n=2, **where)
+    return r
+
+
+def test_cam_spread_and_source_verdicts():
+    every = [("2", "emblem"), ("2", "text"), ("3", "emblem"), ("3", "text")]
+    r = moving_masses(hand_made(seeds=(0, 1)), dict.fromkeys(every, 0.0))
+    assert numbers(r)["cam_spread"] == pytest.approx(np.sqrt(2))
+    v = verdicts(r)
+    assert v["cam_spread_verdict"] == "at least as large as every one of these changes"
+    assert v["summary_cam"] == "their spread over seeds is as large as the moves"
+    assert (
+        v["cam_source_verdict"] == "the maps do not show the steady movement the source described"
+    )
+
+    r = moving_masses(hand_made(seeds=(0, 1)), dict.fromkeys(every, 0.0) | {("2", "emblem"): 5.0})
+    v = verdicts(r)
+    assert v["cam_spread_verdict"] == "larger than 3 of these 4 changes"
+    assert v["summary_cam"] == "1 of the 4 moves measured exceeds their spread over seeds"
+    assert v["cam_source_verdict"] == (
+        "of the steady movements the source described, the maps show only the one onto the"
+        " emblem with the alignment"
+    )
+
+    r = moving_masses(
+        hand_made(seeds=(0, 1)),
+        dict.fromkeys(every, -5.0) | {("2", "emblem"): 5.0, ("3", "text"): 5.0},
+    )
+    v = verdicts(r)
+    assert v["cam_spread_verdict"] == "smaller than every one of these changes"
+    assert v["summary_cam"] == "4 of the 4 moves measured exceed their spread over seeds"
+    assert v["cam_source_verdict"] == "the maps show the steady movement the source described"
+
+
+def test_verdicts_without_groups_auxiliary_data_or_masks():
+    """The full profile without aux_dir: all test memes in one group, experiment 1 only."""
+    r = hand_made(synthetic=False, have_aux=False, masks=False)
+    n = numbers(r)
+    assert np.isnan(n["probe_emblem"]) and np.isnan(n["band_shown"]) and np.isnan(n["auroc_align"])
+    v = verdicts(r)
+    assert v["probe_alone_verdict"].startswith("both stay at chance")  # the emblem: not measured
+    assert v["probe_image_hidden_vs"] == "not measured"
+    assert v["shown_text_vs"] == "not measured"
+    assert v["stages_hidden_verdict"] == "Without auxiliary data only the memes-only stage ran"
+    assert v["trade_verdict"] == "cannot be compared here (no auxiliary stages ran)"
+    assert v["aux_shown_verdict"] == (
+        "this profile has no shown-link split; nothing here creates the links the memes do not"
+        " teach"
+    )
+    assert v["share_verdict"] == "This is measured on the generated memes only."
+    assert v["summary_share"] == "could not be probed without the generated memes"
+    assert v["cam_zs_verdict"] == "the masks needed to measure this are missing"
+    assert v["cam_img_move"] == "not measured"
+    assert v["summary_aux"] == "could not be tried here (no auxiliary data)"
+    assert v["summary_cam"] == "their spread over seeds cannot be measured here"
+    assert v["cam_auc_verdict"].startswith("the hidden-link AUROC stays at chance")
+
+
+def test_moves_without_a_spread_cannot_be_compared():
+    # Unreachable from a run (the spread and the moves come from the same rows), kept honest here.
+    assert hidden_links._summary_cam(1.0, {}) == "their masses could not be measured here"
+    assert hidden_links._cam_spread_verdict(1.0, {}) == (
+        "the spread over seeds cannot be measured here"
+    )
+
+
+def test_versus_chance_and_agreement():
+    assert hidden_links.versus_chance(61.0, 10.0) == "above chance"
+    assert hidden_links.versus_chance(39.0, 10.0) == "below chance"
+    assert hidden_links.versus_chance(60.0, 10.0) == "at chance"
+    assert hidden_links.versus_chance(np.float32("nan"), 10.0) == "not measured"
+    assert hidden_links.agree(["a"], "moves", "move") == "moves"
+    assert hidden_links.agree(2, "moves", "move") == "move"
+
+
+def test_tables_and_figures_of_hand_made_results():
+    r = hand_made(seeds=(0, 1))
+    assert list(hidden_links.probe_table(r).columns) == ["shown", "hidden"]
+    plain = hidden_links.plain_table(r)
+    assert list(plain.index) == list(EXP1_STAGES)
+    assert list(plain.columns)[:2] == ["hidden · accuracy", "hidden · AUROC"]
+    assert plain.loc[FT_TEXT, "hidden · AUROC"] == "50.0 ± 0.0"
+    stages = hidden_links.stages_table(r)
+    assert list(stages.index) == [
+        "0. zero-shot",
+        "1. memes only (text encoder)",
+        "2. + alignment (2 images per emblem)",
+        "3a. + self-learning (no alignment)",
+        "3b. + self-learning + alignment (2 per emblem)",
+    ]
+    assert list(hidden_links.cam_table(r).index) == [ZERO_SHOT, FT_IMAGE, FT_TEXT]
+    assert hidden_links.share_table(r).loc["mean", "linked (trained)"] == 100.0
+    fig = hidden_links.aux_curve_figure(r)
+    assert len(fig.axes) == 2 and fig.axes[0].get_title() == "Hidden-link memes: AUROC"
+    assert len(hidden_links.cam_over_n_figure(r).axes) == 1
+
+
+def test_shown_links_are_learned_only_when_both_encoders_learn_them():
+    r = hand_made()
+    put(r.records, "AUROC", 80.0, stage=FT_TEXT, group="shown")
+    v = verdicts(r)
+    assert v["shown_text_vs"] == "above chance" and v["shown_image_vs"] == "at chance"
+    assert v["shown_conclusion"].startswith("Finetuning does not clearly learn even the links")
+
+
+def test_a_setting_below_chance_also_leaves_chance():
+    r = hand_made()
+    put(r.records, "AUROC", 30.0, experiment="3", n=0, group="hidden")
+    assert verdicts(r)["cam_auc_verdict"].startswith(
+        "the hidden-link AUROC leaves chance in 1 of the 4 settings"
+    )
+
+
+def test_a_move_counts_as_the_source_s_only_when_it_is_steady():
+    r = hand_made(seeds=(0, 1), aux_counts=(0, 1, 2))
+    for seed, offset in ((0, -1.0), (1, 1.0)):
+        for n, emblem in ((0, 25.0), (1, 15.0), (2, 35.0)):  # up 10 points, but not steadily
+            where = dict(experiment="2", group="hidden", seed=seed, n=n)
+            put(r.masses, "emblem mass", emblem + offset, **where)
+    v = verdicts(r)
+    assert v["cam_spread_verdict"] == "larger than 3 of these 4 changes"
+    assert v["cam_source_verdict"] == (
+        "the maps do not show the steady movement the source described"
+    )
+    put(r.masses, "emblem mass", 30.0, experiment="2", n=1)  # now steadily up
+    assert verdicts(r)["cam_source_verdict"].endswith(
+        "only the one onto the emblem with the alignment"
+    )
