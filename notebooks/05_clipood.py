@@ -60,8 +60,9 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 import clipnb
-from clipnb.core import profiles, report
+from clipnb.core import report
 from clipnb.data import domains
+from clipnb.methods.backbones import load_model
 from clipnb.methods.clipood import BetaMovingAverage
 from clipnb.methods.finetune import IMAGE_PARTS
 from clipnb.studies import clipood
@@ -69,7 +70,7 @@ from clipnb.studies import clipood
 started = time.perf_counter()
 clipnb.seed_everything(seeds[0])
 report.set_style()
-bundle = profiles.load_model(profile)
+bundle = load_model(profile)
 benchmarks = domains.domain_benchmarks(dg_datasets)
 options = {k: tuple(v) if isinstance(v, list) else v for k, v in dg_options.items()}
 b2n_kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in b2n_options.items()}
