@@ -10,8 +10,9 @@ Two questions from the source study (CLIP vs. other backbones on in- and out-of-
    training labels to a different class and measure test accuracy of a logistic-regression probe.
 
 The chapter's tables over backbones, datasets and seeds are built from these in
-:mod:`clipnb.studies.clustering`. Everything is deterministic given ``seed``. UMAP is imported lazily (its numba JIT compile takes
-~15-20 s on the first call of a process), so importing this module stays cheap.
+:mod:`clipnb.studies.clustering`. Everything is deterministic given ``seed``. UMAP is imported
+lazily (its numba JIT compile takes ~15-20 s on the first call of a process), so importing this
+module stays cheap.
 """
 
 from __future__ import annotations
