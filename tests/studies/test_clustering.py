@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -535,14 +536,17 @@ def test_tables_and_figures_of_hand_made_results() -> None:
     import matplotlib.pyplot as plt
 
     rng = np.random.default_rng(0)
-    results = CLIP_LEADS
-    results.split_sizes = {d: (10, 5, 20) for d in results.cluster_sets}
-    results.feature_dims = {"clip": 32, "supervised": 32, "pixels": 768}
-    results.scatter = {
-        (d, b): clustering.ScatterPanel(rng.normal(size=(20, 2)), np.arange(20) % 4, 4)
-        for d in results.cluster_sets
-        for b in results.backbones
-    }
+    sets, backbones = CLIP_LEADS.cluster_sets, CLIP_LEADS.backbones
+    results = dataclasses.replace(
+        CLIP_LEADS,
+        split_sizes={d: (10, 5, 20) for d in sets},
+        feature_dims={"clip": 32, "supervised": 32, "pixels": 768},
+        scatter={
+            (d, b): clustering.ScatterPanel(rng.normal(size=(20, 2)), np.arange(20) % 4, 4)
+            for d in sets
+            for b in backbones
+        },
+    )
     table = clustering.data_table(results)
     assert list(table.index) == results.cluster_sets
     assert list(table["used for"]) == ["clustering, probes"] * 2 + ["clustering (control)"]
