@@ -51,46 +51,33 @@ curve_domain = "photo"
 curve_points = 5
 
 # %%
-import itertools
-import time
-
 import matplotlib.pyplot as plt
-import numpy as np
-import pandas as pd
-from tqdm.auto import tqdm
 
-import clipnb
-from clipnb.core import profiles, report
-from clipnb.data import domains
-from clipnb.methods.clipood import BetaMovingAverage
-from clipnb.methods.finetune import IMAGE_PARTS
+from clipnb.core import report
 from clipnb.studies import clipood
 
-started = time.perf_counter()
-clipnb.seed_everything(seeds[0])
 report.set_style()
-bundle = profiles.load_model(profile)
-benchmarks = domains.domain_benchmarks(dg_datasets)
-options = {k: tuple(v) if isinstance(v, list) else v for k, v in dg_options.items()}
-b2n_kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in b2n_options.items()}
-grid_settings = {
-    "steps": steps,
-    "lrs": lrs,
-    "margins": margins,
-    "betas": betas,
-    "ema_decay": ema_decay,
-    "batch_size": batch_size,
-}
-n_trainable = sum(
-    p.numel() for part in IMAGE_PARTS for p in clipnb.core.models.model_parts(bundle.model)[part]
+
+# %%
+results = clipood.run(
+    profile=profile,
+    dg_datasets=dg_datasets,
+    dg_options=dg_options,
+    b2n_datasets=b2n_datasets,
+    b2n_options=b2n_options,
+    b2n_shots=b2n_shots,
+    seeds=seeds,
+    steps=steps,
+    lrs=lrs,
+    margins=margins,
+    betas=betas,
+    ema_decay=ema_decay,
+    batch_size=batch_size,
+    curve_domain=curve_domain,
+    curve_points=curve_points,
 )
-report.glue("n_trainable_m", n_trainable / 1e6)
-report.glue("logit_scale", bundle.logit_scale)
-report.glue("n_seeds", len(seeds))
-report.glue("n_grid", len(steps) * len(lrs) * len(margins))
-report.glue("lr_first", lrs[0])
-report.glue("steps_first", steps[0])
-report.glue("batch_size", batch_size)
+report.glue_numbers(clipood.numbers(results))
+report.glue_all(clipood.verdicts(results))
 
 # %% [markdown]
 # ## The method
@@ -151,153 +138,7 @@ report.glue("batch_size", batch_size)
 # (a unit test checks this down to the pixels).
 
 # %%
-dg_records, dg_val, dg_grids, dg_selected, dg_splits = [], [], {}, {}, {}
-jobs = [(b, d) for b in benchmarks for d in b.domains]
-for bench, held_out in tqdm(jobs, desc="leave one domain out"):
-    split = domains.leave_one_domain_out(bench, held_out, **options)
-    dg_splits[(bench.name, held_out)] = split
-    column = {"benchmark": bench.name, "held-out": held_out}
-    dg_records.append(
-        {
-            **column,
-            "method": "zero-shot",
-            "seed": -1,
-            "accuracy": clipood.zero_shot(bundle, split.test),
-        }
-    )
-    exp = clipood.run_experiment(
-        bundle,
-        split.train,
-        {"val": split.val, "test": split.test},
-        seeds=seeds,
-        progress=False,
-        **grid_settings,
-    )
-    dg_grids[(bench.name, held_out)] = exp.grid
-    dg_selected[(bench.name, held_out)] = exp.selected
-    dg_records += [{**column, **r} for r in exp.results.to_dict("records")]
-    dg_val.append(
-        {
-            **column,
-            "zero-shot": clipood.zero_shot(bundle, split.val),
-            **clipood.selected_scores(exp.grid, exp.selected, "val").to_dict(),
-        }
-    )
-
-dg = pd.DataFrame(dg_records)
-dg_avg = dg.groupby(["benchmark", "method", "seed"], sort=False)["accuracy"].mean().reset_index()
-dg_avg["held-out"] = "average"
-dg_all = pd.concat([dg, dg_avg], ignore_index=True)
-dg_all["column"] = dg_all["benchmark"] + " · " + dg_all["held-out"]
-main_methods = ["zero-shot", *clipood.METHODS]
-dg_table = report.mean_std_table(
-    dg_all[dg_all["method"].isin(main_methods)], index="method", columns="column"
-)
-dg_table
-
-# %%
-dg_means = report.mean_table(dg_all, index="method", columns="column")
-first = benchmarks[0].name
-ood_domain = "sketch" if "sketch" in benchmarks[0].domains else benchmarks[0].domains[-1]
-ood_col = f"{first} · {ood_domain}"
-avg_col = f"{first} · average"
-for key, method in [
-    ("zs", "zero-shot"),
-    ("erm", "ERM (CE)"),
-    ("ce_bma", "CE + BMA"),
-    ("mms", "MMS"),
-    ("clipood", "CLIPood (MMS + BMA)"),
-]:
-    report.glue(f"dg_{key}_avg", dg_means.loc[method, avg_col])
-    report.glue(f"dg_{key}_ood", dg_means.loc[method, ood_col])
-report.glue(
-    "dg_gain_vs_erm",
-    dg_means.loc["CLIPood (MMS + BMA)", avg_col] - dg_means.loc["ERM (CE)", avg_col],
-)
-report.glue(
-    "dg_gain_bma_vs_erm",
-    dg_means.loc["CE + BMA", avg_col] - dg_means.loc["ERM (CE)", avg_col],
-)
-report.glue(
-    "dg_gain_vs_zs",
-    dg_means.loc["CLIPood (MMS + BMA)", avg_col] - dg_means.loc["zero-shot", avg_col],
-)
-dg_clipood_seeds = dg_avg[
-    (dg_avg["benchmark"] == first) & (dg_avg["method"] == "CLIPood (MMS + BMA)")
-]
-dg_erm_seeds = dg_avg[(dg_avg["benchmark"] == first) & (dg_avg["method"] == "ERM (CE)")]
-report.glue(
-    "dg_gain_seeds_min",
-    float(np.min(dg_clipood_seeds["accuracy"].to_numpy() - dg_erm_seeds["accuracy"].to_numpy())),
-)
-
-
-def effect_words(means: pd.Series, pairs: dict[str, tuple[str, str]]) -> str:
-    """In which of two settings the second method of each pair beats the first, in words."""
-    up = [name for name, (plain, changed) in pairs.items() if means[changed] > means[plain]]
-    if len(up) == 1:
-        return f"{up[0]} only"
-    return "in both settings" if up else "in neither setting"
-
-
-BMA_PAIRS = {
-    "with cross-entropy": ("ERM (CE)", "CE + BMA"),
-    "with the MMS loss": ("MMS", "CLIPood (MMS + BMA)"),
-}
-MMS_PAIRS = {
-    "without the BMA": ("ERM (CE)", "MMS"),
-    "with the BMA": ("CE + BMA", "CLIPood (MMS + BMA)"),
-}
-
-
-finetuned = list(clipood.METHODS)
-dg_avg_means = dg_means[avg_col]
-best_ft = dg_avg_means[finetuned].idxmax()
-report.glue_words(
-    "dg_best_finetuned",
-    f"the best finetuned model is {best_ft}"
-    + (
-        ", as in the source"
-        if best_ft == "CLIPood (MMS + BMA)"
-        else ", not CLIPood as in the source"
-    ),
-)
-report.glue_words("dg_bma_effect", effect_words(dg_avg_means, BMA_PAIRS))
-report.glue_words("dg_mms_effect", effect_words(dg_avg_means, MMS_PAIRS))
-report.glue("dg_bma_gain_mms", dg_avg_means["CLIPood (MMS + BMA)"] - dg_avg_means["MMS"])
-report.glue("dg_mms_gain_ce", dg_avg_means["MMS"] - dg_avg_means["ERM (CE)"])
-report.glue("dg_mms_gain_bma", dg_avg_means["CLIPood (MMS + BMA)"] - dg_avg_means["CE + BMA"])
-beat_zs = [m for m in finetuned if dg_avg_means[m] > dg_avg_means["zero-shot"]]
-report.glue_words(
-    "dg_vs_zs_words",
-    "none of the four finetuned models comes out ahead"
-    if not beat_zs
-    else "all four finetuned models come out ahead"
-    if len(beat_zs) == len(finetuned)
-    else f"only {report.join_words(beat_zs)} {'comes' if len(beat_zs) == 1 else 'come'} out ahead",
-)
-erm_loss = dg_avg_means["zero-shot"] - dg_avg_means["ERM (CE)"]
-bma_back = dg_avg_means["CE + BMA"] - dg_avg_means["ERM (CE)"]
-if erm_loss > 0:
-    share = "none" if bma_back <= 0 else "all" if bma_back >= erm_loss else "part"
-    words = (
-        f"plain finetuning (ERM) costs {erm_loss:.1f} points of held-out accuracy, and averaging"
-        f" with the pretrained weights (CE + BMA) gives {share} of it back"
-    )
-else:
-    words = (
-        f"plain finetuning (ERM) gains {-erm_loss:.1f} points of held-out accuracy, and averaging"
-        f" with the pretrained weights (CE + BMA) changes that by {bma_back:+.1f}"
-    )
-report.glue_words("dg_erm_story", words)
-first_avg = dg_avg[(dg_avg["benchmark"] == first) & dg_avg["method"].isin(finetuned)]
-report.glue("dg_seed_std", first_avg.groupby("method")["accuracy"].std().mean())
-report.glue_words(
-    "dg_headline",
-    "does not appear here; what can be compared is how much each method loses"
-    if not beat_zs
-    else f"appears here for {report.join_words(beat_zs)}",
-)
+clipood.dg_table(results)
 
 # %% [markdown]
 # Columns are the held-out domain (test accuracy, %) and the average over the held-out domains,
@@ -325,40 +166,7 @@ report.glue_words(
 # training domains themselves show how well each method fits the styles it trains on:
 
 # %%
-ood_test = dg_splits[(first, ood_domain)].test
-ood_pred = clipnb.zero_shot_logits(
-    clipnb.encode_images(bundle, ood_test),
-    clipnb.class_embeddings(bundle, ood_test.class_names, (clipood.TEMPLATE,)),
-).argmax(dim=-1)
-report.glue("ood_top_class_pct", 100 * np.bincount(ood_pred.numpy()).max() / len(ood_pred))
-chance = 100 / ood_test.n_classes
-report.glue("chance", chance)
-ood_accs = dg_means.loc[main_methods, ood_col]
-ood_dev = float((ood_accs - chance).abs().max())
-report.glue_words(
-    "ood_verdict",
-    f"every method, finetuned or not, stays within {ood_dev:.1f} points of chance there, so that"
-    " style is a floor rather than a test of transfer"
-    if ood_dev < 5
-    else f"the methods range from {ood_accs.min():.1f} to {ood_accs.max():.1f} % there",
-)
-dg_val_table = pd.DataFrame(dg_val).set_index(["benchmark", "held-out"])
-report.glue("dg_val_zs", dg_val_table["zero-shot"].mean())
-report.glue("dg_val_erm", dg_val_table["ERM (CE)"].mean())
-report.glue("dg_val_clipood", dg_val_table["CLIPood (MMS + BMA)"].mean())
-dg_val_means = dg_val_table[finetuned].mean()
-dg_val_gain = dg_val_means.max() - dg_val_table["zero-shot"].mean()
-n_dg_train = len(dg_splits[(first, ood_domain)].train)
-report.glue_words("dg_val_best", dg_val_means.idxmax())
-report.glue("dg_val_best_gain", dg_val_gain)
-report.glue_words(
-    "dg_val_verdict",
-    f"{steps[0]} steps over {n_dg_train} training images barely fit even the styles the model"
-    " trains on"
-    if dg_val_gain < 10
-    else "finetuning does fit the styles it trains on, so the held-out columns measure transfer",
-)
-dg_val_table[["zero-shot", *clipood.METHODS]].round(1)
+clipood.dg_val_table(results)
 
 # %% [markdown]
 # This is the validation split of the training domains (seed 0, the setting each method chose):
@@ -380,8 +188,7 @@ dg_val_table[["zero-shot", *clipood.METHODS]].round(1)
 # The settings each method chose on validation, for every held-out domain:
 
 # %%
-clipood.settings_table({f"{b} · {d}": sel for (b, d), sel in dg_selected.items()})
-
+clipood.chosen_settings_table(results)
 
 # %% [markdown]
 # ## Which average?
@@ -391,42 +198,7 @@ clipood.settings_table({f"{b} · {d}": sel for (b, d), sel in dg_selected.items(
 # MMS loss; every row chose its own settings on validation.
 
 # %%
-ablation_methods = ["MMS", "MMS + EMA", "MMS + uniform average", "CLIPood (MMS + BMA)"]
-report.mean_std_table(
-    dg_all[dg_all["method"].isin(ablation_methods)], index="method", columns="column"
-).loc[ablation_methods]
-
-# %%
-for key, method in [("ema", "MMS + EMA"), ("uniform", "MMS + uniform average")]:
-    report.glue(f"dg_{key}_avg", dg_means.loc[method, avg_col])
-report.glue("ema_decay", ema_decay)
-report.glue("ema_theta0_pct", 100 * ema_decay ** steps[0])
-# How much weight each average leaves on the pretrained weights theta_0 after T steps.
-chosen_betas = [
-    clipood.member_beta(sel["CLIPood (MMS + BMA)"][1], default=np.nan)
-    for sel in dg_selected.values()
-]
-bma_beta = pd.Series(chosen_betas).mode().iloc[0]
-bma = BetaMovingAverage(beta=float(bma_beta), total_steps=steps[0])
-alphas = np.array([bma.weight(t) for t in range(steps[0] + 1)])
-theta0 = {
-    "MMS": 0.0,
-    "MMS + EMA": 100 * ema_decay ** steps[0],
-    "MMS + uniform average": 100 / (steps[0] + 1),
-    "CLIPood (MMS + BMA)": 100 * alphas[0] / alphas.sum(),
-}
-report.glue("uniform_theta0_pct", theta0["MMS + uniform average"])
-report.glue("bma_theta0_pct", theta0["CLIPood (MMS + BMA)"])
-report.glue("bma_beta", bma_beta)
-report.glue_words(
-    "clipood_betas",
-    f"β = {chosen_betas[0]:g} for every held-out domain"
-    if len(set(chosen_betas)) == 1
-    else "β = " + ", ".join(f"{b:g}" for b in chosen_betas) + " for the held-out domains in turn",
-)
-by_theta0 = sorted(theta0, key=theta0.get)
-by_accuracy = sorted(theta0, key=lambda m: dg_means.loc[m, avg_col])
-report.glue_words("ablation_order", "follows" if by_theta0 == by_accuracy else "does not follow")
+clipood.ablation_table(results)
 
 # %% [markdown]
 # On the average over held-out domains, MMS + EMA reaches {glue:text}`dg_ema_avg:.1f` % and
@@ -448,56 +220,7 @@ report.glue_words("ablation_order", "follows" if by_theta0 == by_accuracy else "
 # test accuracy (held-out domain, only reported).
 
 # %%
-lam_rows, beta_rows = [], []
-for key, grid in dg_grids.items():
-    config, member = dg_selected[key]["CLIPood (MMS + BMA)"]
-    lam_rows.append(clipood.lambda_sweep(grid, config, member).assign(domain=key[1]))
-    beta_rows.append(clipood.beta_sweep(grid, config).assign(domain=key[1]))
-lam = pd.concat(lam_rows).groupby(["margin", "model", "split"])["accuracy"].mean().unstack("split")
-beta = pd.concat(beta_rows).groupby(["beta", "split"])["accuracy"].mean().unstack("split")
-refs = (
-    pd.concat(
-        clipood.average_references(grid, dg_selected[key]["CLIPood (MMS + BMA)"][0])
-        for key, grid in dg_grids.items()
-    )
-    .groupby(["model", "split"])["accuracy"]
-    .mean()
-    .unstack("split")
-)
-
-fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-ax = axes[0]
-for (model, style), colour in zip([("raw", "--"), ("BMA", "-")], ["C0", "C3"], strict=True):
-    part = lam.xs(model, level="model")
-    ax.plot(
-        part.index, part["test"], style, marker="o", color=colour, label=f"{model}, held-out test"
-    )
-    ax.plot(
-        part.index,
-        part["val"],
-        style,
-        marker="x",
-        color=colour,
-        alpha=0.45,
-        label=f"{model}, training-domain val",
-    )
-ax.set(
-    xlabel="margin weight $\\lambda$ (0 = cross-entropy)",
-    ylabel="accuracy (%)",
-    title="Accuracy vs $\\lambda$",
-)
-ax.legend(fontsize=8)
-ax = axes[1]
-ax.plot(beta.index, beta["test"], "-o", color="C3", label="BMA, held-out test")
-ax.plot(beta.index, beta["val"], "-x", color="C3", alpha=0.45, label="BMA, training-domain val")
-for model, colour in [("raw", "C0"), ("EMA", "C2")]:
-    ax.axhline(refs.loc[model, "test"], ls="--", color=colour, label=f"{model}, held-out test")
-ax.set_xscale("log")
-ax.set_xticks(beta.index, [f"{b:g}" for b in beta.index])
-ax.set_xticks([], minor=True)
-ax.set(xlabel="$\\beta$ (1 = uniform average)", ylabel="accuracy (%)", title="Accuracy vs $\\beta$")
-ax.legend(fontsize=8)
-fig.tight_layout()
+fig = clipood.sweeps_figure(results)
 report.glue("fig_clipood_sweeps", fig)
 plt.close(fig)
 
@@ -520,54 +243,9 @@ plt.close(fig)
 # several steps for illustration only; nothing is selected from it.
 
 # %%
-split = dg_splits[(first, curve_domain)]
-config, member = dg_selected[(first, curve_domain)]["CLIPood (MMS + BMA)"]
-curve = clipood.trajectory(
-    bundle,
-    split.train,
-    {"test": split.test, "val": split.val},
-    config,
-    beta=clipood.member_beta(member, default=betas[0]),
-    ema_decay=ema_decay,
-    batch_size=batch_size,
-    every=max(1, config.steps // curve_points),
-)
-fig, ax = plt.subplots(figsize=(7, 4))
-for (model, colour), (split_name, style) in itertools.product(
-    [("raw", "C0"), ("EMA", "C2"), ("BMA", "C3")],
-    [("test", "-o"), ("val", "--x")],
-):
-    part = curve[(curve["model"] == model) & (curve["split"] == split_name)]
-    where = f"held-out {curve_domain}" if split_name == "test" else "training-domain val"
-    ax.plot(part["step"], part["accuracy"], style, color=colour, label=f"{model}, {where}")
-ax.axhline(100 / split.test.n_classes, ls=":", color="grey", label="chance")
-ax.set(
-    xlabel="finetuning step",
-    ylabel="accuracy (%)",
-    title="Raw weights, EMA and BMA along one run",
-)
-ax.legend(fontsize=8, ncol=2)
-fig.tight_layout()
+fig = clipood.steps_figure(results)
 report.glue("fig_clipood_steps", fig)
 plt.close(fig)
-final = curve[(curve["step"] == curve["step"].max()) & (curve["split"] == "test")]
-final = final.set_index("model")["accuracy"]
-for model in ("raw", "EMA", "BMA"):
-    report.glue(f"curve_final_{model.lower()}", final[model])
-start = curve[(curve["step"] == 0) & (curve["split"] == "test")]["accuracy"].iloc[0]
-report.glue("curve_start", start)
-test_curve = curve[curve["split"] == "test"]
-report.glue("curve_min_raw", test_curve[test_curve["model"] == "raw"]["accuracy"].min())
-curve_beta = clipood.member_beta(member, default=betas[0])
-report.glue("curve_beta", curve_beta)
-closest = (final - start).abs().idxmin()
-shape = "U-shaped" if curve_beta < 1 else "uniform" if curve_beta == 1 else "centre-heavy"
-report.glue_words(
-    "curve_closest",
-    f"{'the raw weights end' if closest == 'raw' else f'the {closest} ends'} closest to the"
-    " pretrained model's accuracy",
-)
-report.glue_words("curve_bma_shape", shape)
 
 # %% [markdown]
 # ```{glue:figure} fig_clipood_steps
@@ -598,68 +276,7 @@ report.glue_words("curve_bma_shape", shape)
 # before the test. $H$ is the harmonic mean of base and new accuracy.
 
 # %%
-report.glue("b2n_shots", b2n_shots)
-b2n_records = []
-for name in tqdm(b2n_datasets, desc="base to new"):
-    data = clipnb.load_dataset(name, **(b2n_kwargs if name.startswith("world-") else {}))
-    base, new = domains.base_to_new(data)
-
-    def train_for(seed: int, base=base) -> clipnb.ImageSet:
-        return clipnb.few_shot(base.train, b2n_shots, seed) if b2n_shots else base.train
-
-    for half, split in (("base", base.test), ("new", new.test)):
-        b2n_records.append(
-            {
-                "dataset": name,
-                "method": "zero-shot",
-                "seed": -1,
-                "split": half,
-                "accuracy": clipood.zero_shot(bundle, split),
-            }
-        )
-    exp = clipood.run_experiment(
-        bundle,
-        train_for,
-        {"val": base.val, "base": base.test, "new": new.test},
-        seeds=seeds,
-        methods=clipood.METHODS,
-        progress=False,
-        **grid_settings,
-    )
-    b2n_records += [{"dataset": name, **r} for r in exp.results.to_dict("records")]
-
-b2n = clipood.with_harmonic_mean(pd.DataFrame(b2n_records), by=["dataset", "method", "seed"])
-b2n_avg = b2n.groupby(["method", "seed", "split"], sort=False)["accuracy"].mean().reset_index()
-b2n_avg["dataset"] = "average"
-b2n_all = pd.concat([b2n, b2n_avg], ignore_index=True)
-b2n_all["column"] = b2n_all["dataset"] + " · " + b2n_all["split"]
-report.mean_std_table(b2n_all, index="method", columns="column")
-
-# %%
-b2n_means = report.mean_table(b2n_all, index="method", columns="column")
-for key, method in [("zs", "zero-shot"), ("erm", "ERM (CE)"), ("clipood", "CLIPood (MMS + BMA)")]:
-    for half in ("base", "new", "H"):
-        report.glue(f"b2n_{key}_{half.lower()}", b2n_means.loc[method, f"average · {half}"])
-report.glue("b2n_n_datasets", len(b2n_datasets))
-b2n_base, b2n_new, b2n_h = (b2n_means[f"average · {half}"] for half in ("base", "new", "H"))
-for key, method in [("erm", "ERM (CE)"), ("clipood", "CLIPood (MMS + BMA)")]:
-    report.glue(f"b2n_{key}_base_delta", b2n_base[method] - b2n_base["zero-shot"])
-    report.glue(f"b2n_{key}_new_delta", b2n_new[method] - b2n_new["zero-shot"])
-erm_base_up = b2n_base["ERM (CE)"] > b2n_base["zero-shot"]
-report.glue_words(
-    "b2n_erm_base_verdict",
-    "plain finetuning raises the base classes it trains on, as in the source"
-    if erm_base_up
-    else "plain finetuning lowers even the base classes it trains on",
-)
-clipood_new = b2n_new["CLIPood (MMS + BMA)"]
-if clipood_new >= b2n_new["zero-shot"]:
-    words = "CLIPood keeps the new classes at or above zero-shot"
-else:
-    words = "CLIPood's new-class accuracy stays below zero-shot's"
-words += " and above ERM's" if clipood_new > b2n_new["ERM (CE)"] else " and does not exceed ERM's"
-report.glue_words("b2n_clipood_new_verdict", words)
-report.glue_words("b2n_bma_effect", effect_words(b2n_h, BMA_PAIRS))
+clipood.b2n_table(results)
 
 # %% [markdown]
 # Averaged over the {glue:text}`b2n_n_datasets:.0f` base-to-new dataset(s), zero-shot scores
@@ -679,37 +296,7 @@ report.glue_words("b2n_bma_effect", effect_words(b2n_h, BMA_PAIRS))
 # ## Scale and limits
 
 # %%
-minutes = (time.perf_counter() - started) / 60
-cpu_minutes = time.process_time() / 60
-pd.DataFrame(
-    {
-        "this build": [
-            f"{bundle.name} ({n_trainable / 1e6:.2f} M trainable)",
-            ", ".join(b.name for b in benchmarks)
-            + f" ({sum(len(b.domains) for b in benchmarks)} held-out runs)",
-            f"{len(dg_splits[(first, curve_domain)].train)} images",
-            f"{max(steps)} steps × {batch_size}",
-            f"{len(steps) * len(lrs) * len(margins)} runs × {len(betas)} β",
-            f"{minutes:.1f} min wall, {cpu_minutes:.1f} min CPU",
-        ],
-        "source (CLIPood)": [
-            "CLIP ViT-B/16 (86 M image tower)",
-            "PACS, VLCS, OfficeHome, TerraIncognita, DomainNet",
-            "thousands to ~500 k images",
-            "thousands of steps",
-            "tuned per benchmark",
-            "GPU hours",
-        ],
-    },
-    index=[
-        "model",
-        "benchmarks",
-        "training set (one split)",
-        "finetuning",
-        "grid per held-out domain",
-        "wall time",
-    ],
-)
+clipood.scale_table(results)
 
 # %% [markdown]
 # **Limits.** The embedded world is small and its domains are rendering styles of the same clean

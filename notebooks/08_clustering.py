@@ -41,28 +41,11 @@ seeds = [0, 1, 2]
 
 # %%
 import matplotlib.pyplot as plt
-import numpy as np
-import pandas as pd
-import seaborn as sns
-from sklearn.decomposition import PCA
 
-import clipnb
 from clipnb.core import report
-from clipnb.core.features import encode_dataset
-from clipnb.methods.backbones import backbone_label, load_backbone
-from clipnb.methods.clustering import clustering_records, embed_umap_2d, label_noise_records
+from clipnb.studies import clustering
 
-clipnb.seed_everything(seeds[0])
 report.set_style()
-labels = {b: backbone_label(b) for b in backbones}
-metric_labels = {
-    "homogeneity": "homogeneity",
-    "completeness": "completeness",
-    "v_measure": "V-measure",
-    "ari": "ARI",
-    "ami": "AMI",
-    "average": "average",
-}
 
 # %% [markdown]
 # ## Backbones and data
@@ -93,35 +76,28 @@ metric_labels = {
 # another attribute when they do not follow the class.
 
 # %%
-if focus_dataset not in datasets:
-    raise ValueError(f"focus_dataset {focus_dataset!r} must be one of datasets {datasets}")
-cluster_sets = [*datasets, *control_datasets]
-data = {name: clipnb.load_dataset(name, **dataset_options.get(name, {})) for name in cluster_sets}
-features = {}
-for b in backbones:
-    bundle = load_backbone(b, profile, pixel_size=pixel_size)
-    for name, d in data.items():
-        features[(b, name)] = encode_dataset(bundle, d)
-    del bundle
-
-pd.DataFrame(
-    {
-        "classes": [d.test.n_classes for d in data.values()],
-        "train / val / test images": [
-            f"{len(d.train)} / {len(d.val)} / {len(d.test)}" for d in data.values()
-        ],
-        "used for": [
-            "clustering, probes" if n in datasets else "clustering (control)" for n in data
-        ],
-    },
-    index=pd.Index(list(data), name="dataset"),
+results = clustering.run(
+    profile=profile,
+    backbones=backbones,
+    datasets=datasets,
+    control_datasets=control_datasets,
+    dataset_options=dataset_options,
+    focus_dataset=focus_dataset,
+    cluster_split=cluster_split,
+    umap_components=umap_components,
+    use_umap=use_umap,
+    pixel_size=pixel_size,
+    shots=shots,
+    noise_levels=noise_levels,
+    probe_cs=probe_cs,
+    seeds=seeds,
 )
+report.glue_numbers(clustering.numbers(results))
+report.glue_all(clustering.verdicts(results))
+clustering.data_table(results)
 
 # %%
-pd.DataFrame(
-    {"feature dimension": [features[(b, cluster_sets[0])]["test"].x.shape[1] for b in backbones]},
-    index=pd.Index([labels[b] for b in backbones], name="backbone"),
-)
+clustering.feature_dim_table(results)
 
 # %% [markdown]
 # ## Clustering without labels
@@ -151,91 +127,12 @@ pd.DataFrame(
 # KMeans both take the seed; the table shows mean ± std over {glue:text}`n_seeds:.0f` seeds.
 
 # %%
-cluster_records = clustering_records(
-    {key: f[cluster_split] for key, f in features.items()},
-    seeds,
-    n_components=umap_components,
-    use_umap=use_umap,
-)
-clusters = pd.DataFrame(cluster_records).assign(
-    model=lambda df: df["backbone"].map(labels),
-    metric=lambda df: df["metric"].map(metric_labels),
-)
-report.glue("umap_components", umap_components)
-report.glue("n_seeds", len(seeds))
-report.mean_std_table(clusters, ["dataset", "model"], "metric", value="score", digits=3)
+clustering.cluster_table(results)
 
 # %%
-average = report.mean_table(
-    clusters[clusters["metric"] == "average"], "model", "dataset", value="score"
-)
-fig, ax = plt.subplots(figsize=(1.9 * len(cluster_sets) + 2.5, 0.55 * len(backbones) + 1.6))
-sns.heatmap(average, annot=True, fmt=".2f", vmin=0, vmax=1, cmap="viridis", ax=ax)
-ax.set(xlabel="", ylabel="", title="Clustering average score (mean over seeds)")
-fig.tight_layout()
+fig = clustering.heatmap_figure(results)
 report.glue("fig_cluster_heatmap", fig)
 plt.close(fig)
-
-avg_by_backbone = average[datasets].mean(axis=1)
-clip_label = labels["clip"]
-others = avg_by_backbone.drop(clip_label)
-report.glue("clip_avg", avg_by_backbone[clip_label])
-report.glue("best_other_avg", others.max())
-report.glue("pixels_avg", avg_by_backbone.get(labels.get("pixels", ""), np.nan))
-report.glue("clip_rank", int((avg_by_backbone > avg_by_backbone[clip_label]).sum()) + 1)
-report.glue("n_backbones", len(backbones))
-focus = average[focus_dataset]
-report.glue("focus_clip_avg", focus[clip_label])
-report.glue("focus_best_other_avg", focus.drop(clip_label).max())
-report.glue("focus_pixels_avg", focus.get(labels.get("pixels", ""), np.nan))
-report.glue("top_avg", average[datasets].max().max())
-control = average[control_datasets[0]] if control_datasets else pd.Series({clip_label: np.nan})
-report.glue("control_clip_avg", control[clip_label])
-report.glue("control_best_other_avg", control.drop(clip_label).max())
-
-# The verdicts the prose states, computed from the same means.
-report.glue_words(
-    "cluster_verdict",
-    "The source's finding reproduces here: CLIP's clusters score highest averaged over the datasets"
-    if avg_by_backbone.idxmax() == clip_label
-    else "The source's finding does not reproduce here: averaged over the datasets, "
-    f"the best average score comes from {avg_by_backbone.idxmax()}, not CLIP",
-)
-top_dataset = average[datasets].max().idxmax()
-top_model = average[top_dataset].idxmax()
-top_phrase = f"{top_model} on {top_dataset}"
-if top_dataset == "digits" and top_model == labels.get("pixels"):
-    top_phrase += (
-        ": small centred digits differ mainly in where the ink is, which is exactly what a pixel"
-        " distance measures, and the embedded CLIP never saw handwriting"
-    )
-report.glue_words("top_cell", top_phrase)
-shape_sets = [d for d in datasets if d.startswith("world-shape")]
-shape_scores = average[shape_sets] if shape_sets else pd.DataFrame({"none": [np.nan]})
-report.glue("shape_best_avg", shape_scores.max().max())
-report.glue_words(
-    "shape_best_cell",
-    f"{shape_scores[shape_scores.max().idxmax()].idxmax()} on {shape_scores.max().idxmax()}"
-    if shape_sets
-    else "no backbone",
-)
-shape_ari = clusters[(clusters["metric"] == "ARI") & clusters["dataset"].isin(shape_sets)]
-report.glue("shape_best_ari", shape_ari.groupby(["model", "dataset"])["score"].mean().max())
-clip_shape_avg = shape_scores.loc[clip_label].max() if shape_sets else np.nan
-colour_dominates = control[clip_label] > clip_shape_avg
-report.glue_words(
-    "control_verdict",
-    "in this world that is colour rather than shape: CLIP's clusters match the colour labels more"
-    " closely than the shape labels"
-    if colour_dominates
-    else "in this world colour does not organise CLIP's features more than shape does",
-)
-report.glue_words(
-    "shape_dominance",
-    "is not true of shape in this small world, where colour organises CLIP's features instead"
-    if colour_dominates
-    else "is not contradicted by the colour control for shape in this small world",
-)
 
 # %% [markdown]
 # ```{glue:figure} fig_cluster_heatmap
@@ -281,21 +178,7 @@ report.glue_words(
 # points coloured by their true class.
 
 # %%
-ncols = len(backbones)
-fig, axes = plt.subplots(
-    len(cluster_sets), ncols, figsize=(2.6 * ncols, 2.6 * len(cluster_sets)), squeeze=False
-)
-for row, name in enumerate(cluster_sets):
-    for col, b in enumerate(backbones):
-        split = features[(b, name)][cluster_split]
-        x = split.x.numpy()
-        xy = embed_umap_2d(x, seed=seeds[0]) if use_umap else PCA(2).fit_transform(x)
-        n_classes = len(split.class_names)
-        ax = axes[row, col]
-        ax.scatter(*xy.T, c=split.y, cmap="tab10" if n_classes <= 10 else "turbo", s=4, lw=0)
-        ax.set(xticks=[], yticks=[], title=labels[b] if row == 0 else "")
-        ax.set_ylabel(name if col == 0 else "")
-fig.tight_layout()
+fig = clustering.scatter_figure(results)
 report.glue("fig_cluster_scatter", fig)
 plt.close(fig)
 
@@ -333,120 +216,10 @@ plt.close(fig)
 # same images.
 
 # %%
-probe_features = {key: f for key, f in features.items() if key[1] in datasets}
-noise_records = label_noise_records(probe_features, shots, noise_levels, seeds, Cs=probe_cs)
-noise = pd.DataFrame(noise_records).assign(model=lambda df: df["backbone"].map(labels))
-report.glue("n_cs", len(probe_cs))
-
-fig, axes = plt.subplots(
-    len(datasets),
-    len(noise_levels),
-    figsize=(3.3 * len(noise_levels), 2.7 * len(datasets)),
-    sharex=True,
-    sharey="row",
-    squeeze=False,
-)
-for row, name in enumerate(datasets):
-    for col, p in enumerate(noise_levels):
-        ax = axes[row, col]
-        sub = noise[(noise["dataset"] == name) & (noise["noise"] == p)]
-        for i, b in enumerate(backbones):
-            g = sub[sub["backbone"] == b].groupby("shots")["accuracy"]
-            m, s = g.mean(), g.std(ddof=0)
-            ax.plot(m.index, m, "o-", color=f"C{i}", label=labels[b], ms=3)
-            ax.fill_between(m.index, m - s, m + s, color=f"C{i}", alpha=0.15, lw=0)
-        ax.axhline(100 / data[name].test.n_classes, ls=":", color="grey")
-        ax.set(xscale="log", xticks=shots, xticklabels=[str(k) for k in shots])
-        ax.minorticks_off()
-        ax.set_title(f"{name}, {p:.0%} flipped", fontsize=9)
-        ax.set_xlabel("labelled images per class" if row == len(datasets) - 1 else "")
-        ax.set_ylabel("test accuracy (%)" if col == 0 else "")
-handles, names = axes[0, 0].get_legend_handles_labels()
-fig.legend(handles, names, loc="lower center", ncol=len(backbones), frameon=False)
-fig.tight_layout(rect=(0, 0.4 / fig.get_figheight(), 1, 1))
+fig = clustering.label_noise_figure(results)
 report.glue("fig_label_noise", fig)
 plt.close(fig)
-
-report.mean_std_table(noise, ["dataset", "model", "shots"], "noise", value="accuracy").rename(
-    columns=lambda p: f"{p:.0%} flipped"
-)
-
-# %%
-n_max, p_max = max(shots), max(noise_levels)
-acc = report.mean_table(noise[noise["shots"] == n_max], "model", "noise")
-drop = acc[min(noise_levels)] - acc[p_max]
-report.glue("max_shots", n_max)
-report.glue("max_noise_pct", 100 * p_max)
-report.glue("clip_acc_clean", acc.loc[clip_label, min(noise_levels)])
-report.glue("clip_acc_noisy", acc.loc[clip_label, p_max])
-report.glue("clip_noise_drop", drop[clip_label])
-report.glue("others_noise_drop", drop.drop(clip_label).mean())
-report.glue("best_other_acc_noisy", acc[p_max].drop(clip_label).max())
-
-# The verdicts the prose states, computed from the same means.
-p_min, n_min = min(noise_levels), min(shots)
-clean = noise[(noise["shots"] == n_max) & (noise["noise"] == p_min)]
-per_dataset = report.mean_table(clean, "model", "dataset")
-best_phrases, n_clip_best = [], 0
-for name in datasets:
-    ranked = per_dataset[name].sort_values(ascending=False)
-    n_clip_best += ranked.index[0] == clip_label
-    best_phrases.append(
-        f"{ranked.index[0]} on {name} ({ranked.iloc[0]:.1f} %"
-        + (f", ahead of {ranked.index[1]} at {ranked.iloc[1]:.1f} %)" if len(ranked) > 1 else ")")
-    )
-report.glue_words("probe_best", "; ".join(best_phrases))
-if n_clip_best == 0:
-    which = (
-        f"any of the {len(datasets)} datasets" if len(datasets) > 1 else "the one dataset probed"
-    )
-    clip_best = f"CLIP's probe is not the best on {which}, so language"
-    clip_best += " supervision does not give the best probes in this build"
-elif n_clip_best == len(datasets):
-    clip_best = "CLIP's probe is the best on every dataset"
-else:
-    clip_best = f"CLIP's probe is the best on {n_clip_best} of the {len(datasets)} datasets"
-report.glue_words("probe_clip_best", clip_best)
-shape_sets_probed = [d for d in datasets if d.startswith("world-shape")]
-if shape_sets_probed:
-    report.glue("clip_shape_probe", per_dataset.loc[clip_label, shape_sets_probed].mean())
-    report.glue("shape_chance", np.mean([100 / data[d].test.n_classes for d in shape_sets_probed]))
-else:
-    report.glue("clip_shape_probe", np.nan)
-    report.glue("shape_chance", np.nan)
-
-n_b = len(backbones)
-n_drop = int((drop > 0).sum())
-report.glue_words(
-    "noise_cost",
-    "Flipped labels cost every backbone accuracy; no backbone is immune"
-    if n_drop == n_b
-    else f"Flipped labels cost accuracy to {n_drop} of the {n_b} backbones",
-)
-noisy = report.mean_table(noise[noise["noise"] == p_max], "model", "shots")
-n_gain = int((noisy[n_max] > noisy[n_min]).sum())
-report.glue_words(
-    "noise_shots",
-    f"at {p_max:.0%} flipped, going from {n_min} to {n_max} labelled images per class raises "
-    + (
-        "every backbone's accuracy"
-        if n_gain == n_b
-        else f"the accuracy of {n_gain} of the {n_b} backbones"
-    ),
-)
-others_clean = acc[p_min].drop(clip_label).mean()
-if drop[clip_label] < drop.drop(clip_label).mean():
-    drop_words = "CLIP's drop is smaller than the others' average"
-    if acc.loc[clip_label, p_min] < others_clean:
-        drop_words += (
-            ", but so is its clean accuracy: part of the difference is a smaller distance to"
-            " chance, since a probe that starts lower has less to lose"
-        )
-    else:
-        drop_words += ", from a clean accuracy no lower than theirs"
-else:
-    drop_words = "CLIP's drop is not smaller than the others' average"
-report.glue_words("noise_clip_drop", drop_words)
+clustering.noise_table(results)
 
 # %% [markdown]
 # ```{glue:figure} fig_label_noise

@@ -9,14 +9,16 @@ Two questions from the source study (CLIP vs. other backbones on in- and out-of-
 2. *How do few-shot linear probes hold up when labels are wrong?*  Flip a fraction of the
    training labels to a different class and measure test accuracy of a logistic-regression probe.
 
-Everything is deterministic given ``seed``. UMAP is imported lazily (its numba JIT compile takes
-~15-20 s on the first call of a process), so importing this module stays cheap.
+The chapter's tables over backbones, datasets and seeds are built from these in
+:mod:`clipnb.studies.clustering`. Everything is deterministic given ``seed``. UMAP is imported
+lazily (its numba JIT compile takes ~15-20 s on the first call of a process), so importing this
+module stays cheap.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -37,14 +39,13 @@ __all__ = [
     "CLUSTER_METRICS",
     "cluster_and_score",
     "cluster_kmeans",
-    "clustering_records",
     "clustering_scores",
     "embed_umap",
     "embed_umap_2d",
     "flip_labels",
-    "label_noise_records",
     "noisy_probe",
     "noisy_probe_accuracy",
+    "xy_arrays",
 ]
 
 #: Score names, in the column order of the source's appendix table.
@@ -284,45 +285,16 @@ def noisy_probe_accuracy(
     return float(np.mean(pred == test_codes))
 
 
-# --- study level: whole tables over backbones, datasets and seeds ---------------------------------
+# --- a probe under label noise, on features of any kind -----------------------------------------
 
 #: Offset between the seed flipping the training labels and the one flipping the validation labels.
 VAL_FLIP_OFFSET = 7919
 
 
-def _xy(split: Any) -> tuple[np.ndarray, np.ndarray]:
+def xy_arrays(split: Any) -> tuple[np.ndarray, np.ndarray]:
     """``(x, y)`` numpy arrays from a ``(x, y)`` pair or an object with ``.x``/``.y`` (SplitFeatures)."""
     x, y = (split.x, split.y) if hasattr(split, "x") else split
     return np.asarray(x, dtype=np.float64), np.asarray(y)
-
-
-def clustering_records(
-    features: Mapping[tuple[str, str], Any],
-    seeds: Sequence[int],
-    *,
-    n_components: int = 10,
-    use_umap: bool = True,
-    progress: bool = True,
-) -> list[dict[str, Any]]:
-    """Run :func:`cluster_and_score` for every (backbone, dataset) and seed.
-
-    ``features`` maps ``(backbone, dataset)`` to the ``(x, y)`` to cluster (or a SplitFeatures).
-    Returns long-format records ``{backbone, dataset, seed, metric, score}``, one per metric of
-    :data:`CLUSTER_METRICS` plus ``"average"``, ready for :func:`clipnb.core.report.mean_std_table`.
-    The same inputs and seeds give the same records.
-    """
-    from tqdm.auto import tqdm
-
-    jobs = [(key, int(seed)) for key in features for seed in seeds]
-    records: list[dict[str, Any]] = []
-    for (backbone, dataset), seed in tqdm(jobs, desc="clustering", disable=not progress):
-        x, y = _xy(features[(backbone, dataset)])
-        scores = cluster_and_score(x, y, seed=seed, n_components=n_components, use_umap=use_umap)
-        records += [
-            {"backbone": backbone, "dataset": dataset, "seed": seed, "metric": m, "score": v}
-            for m, v in scores.items()
-        ]
-    return records
 
 
 def noisy_probe(
@@ -345,7 +317,7 @@ def noisy_probe(
     """
     from clipnb.core.evaluation import accuracy, fit_linear_probe
 
-    (xtr, ytr), (xva, yva), (xte, yte) = _xy(train), _xy(val), _xy(test)
+    (xtr, ytr), (xva, yva), (xte, yte) = xy_arrays(train), xy_arrays(val), xy_arrays(test)
     n_classes = int(max(ytr.max(), yva.max(), yte.max())) + 1
     noisy_train = flip_labels(ytr, noise, n_classes=n_classes, seed=seed)
     noisy_val = flip_labels(yva, noise, n_classes=n_classes, seed=seed + VAL_FLIP_OFFSET)
@@ -354,51 +326,3 @@ def noisy_probe(
         return accuracy(np.full(yte.shape, present[0]), yte), float("nan")
     probe = fit_linear_probe(xtr, noisy_train, xva, noisy_val, Cs=Cs)
     return accuracy(probe.classifier.predict(xte), yte), probe.C
-
-
-def label_noise_records(
-    features: Mapping[tuple[str, str], Mapping[str, Any]],
-    shots: Sequence[int],
-    noises: Sequence[float],
-    seeds: Sequence[int],
-    *,
-    Cs: Sequence[float] = (0.1, 1.0, 10.0, 100.0),
-    progress: bool = True,
-) -> list[dict[str, Any]]:
-    """Few-shot probes under label noise for every (backbone, dataset), shots, noise and seed.
-
-    ``features`` maps ``(backbone, dataset)`` to ``{"train", "val", "test"}`` splits (``(x, y)`` or
-    SplitFeatures, e.g. :func:`clipnb.core.features.encode_dataset`). For each seed, ``shots`` examples
-    per class are drawn from train with :func:`clipnb.core.imagesets.few_shot_indices` (the same draw for
-    every backbone and noise level), then scored by :func:`noisy_probe`. Returns records
-    ``{backbone, dataset, shots, noise, seed, C, accuracy}`` (accuracy in %).
-    """
-    from tqdm.auto import tqdm
-
-    from clipnb.core.imagesets import few_shot_indices
-
-    jobs = [
-        (key, int(k), float(p), int(s))
-        for key in features
-        for k in shots
-        for p in noises
-        for s in seeds
-    ]
-    records: list[dict[str, Any]] = []
-    for (backbone, dataset), k, p, s in tqdm(jobs, desc="label noise", disable=not progress):
-        splits = features[(backbone, dataset)]
-        xtr, ytr = _xy(splits["train"])
-        idx = few_shot_indices(ytr, k, s)
-        acc, C = noisy_probe((xtr[idx], ytr[idx]), splits["val"], splits["test"], p, s, Cs=Cs)
-        records.append(
-            {
-                "backbone": backbone,
-                "dataset": dataset,
-                "shots": k,
-                "noise": p,
-                "seed": s,
-                "C": C,
-                "accuracy": acc,
-            }
-        )
-    return records

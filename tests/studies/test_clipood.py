@@ -8,6 +8,7 @@ average) are tested on the pieces in tests/methods/test_clipood.py; here they ar
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -241,3 +242,330 @@ def test_harmonic_mean_rows_and_trajectory(tiny_bundle) -> None:
     assert set(curve["model"]) == {"raw", "EMA", "BMA"} and set(curve["split"]) == {"test", "val"}
     start = curve[curve["step"] == 0].groupby("split")["accuracy"].nunique()
     assert (start == 1).all()  # at step 0 the three models are the pretrained one
+
+
+# --- the chapter's numbers and verdicts, on hand-made results ---------------------------------------
+
+ALL_METHODS = ["zero-shot", *clipood.METHODS, *clipood.ABLATION]
+CLIPOOD = "CLIPood (MMS + BMA)"
+HELD_OUT = ("photo", "sketch")
+
+
+def _config(margin: float = 0.3) -> clipood.TrialConfig:
+    return clipood.TrialConfig(steps=30, lr=1e-4, margin=margin, seed=0)
+
+
+def _grid() -> pd.DataFrame:
+    """A seed-0 grid: two margins, the raw model, the EMA and two BMAs on val and test."""
+    members = {"raw": 40.0, "ema": 42.0, "bma0.5": 45.0, "bma1": 44.0}
+    return pd.DataFrame(
+        [
+            {**_config(margin).__dict__, "member": m, "split": s, "accuracy": acc + margin + (s == "val")}
+            for margin in (0.0, 0.3)
+            for m, acc in members.items()
+            for s in ("val", "test")
+        ]
+    )  # fmt: skip
+
+
+def _curve(start: float, final: dict[str, float]) -> pd.DataFrame:
+    """A trajectory: every model at ``start`` at step 0, the raw weights dip to 20 at step 15,
+    then each model ends at ``final``; the val split runs 10 points above."""
+    rows = []
+    for model in ("raw", "EMA", "BMA"):
+        middle = 20.0 if model == "raw" else (start + final[model]) / 2
+        for step, acc in ((0, start), (15, middle), (30, final[model])):
+            rows += [
+                {"step": step, "model": model, "split": "test", "accuracy": acc},
+                {"step": step, "model": model, "split": "val", "accuracy": acc + 10},
+            ]
+    return pd.DataFrame(rows)
+
+
+def _b2n(halves: dict[str, tuple[float, float]]) -> pd.DataFrame:
+    rows = [
+        {"dataset": "world-shape-photo", "method": m, "seed": s, "split": split, "accuracy": acc}
+        for m, (base, new) in halves.items()
+        for s in ([-1] if m == "zero-shot" else [0, 1])
+        for split, acc in (("base", base), ("new", new))
+    ]
+    return clipood.with_harmonic_mean(pd.DataFrame(rows), by=["dataset", "method", "seed"])
+
+
+#: Held-out averages, validation accuracies and base/new halves of a build like the source's.
+SOURCE_LIKE = {
+    "avg": {
+        "zero-shot": 40.0,
+        "ERM (CE)": 45.0,
+        "CE + BMA": 47.0,
+        "MMS": 46.0,
+        CLIPOOD: 50.0,
+        "MMS + EMA": 48.5,
+        "MMS + uniform average": 47.0,
+    },
+    "val": {m: 70.0 for m in ALL_METHODS} | {"zero-shot": 50.0, "ERM (CE)": 72.0},
+    "b2n": {
+        "zero-shot": (60.0, 70.0),
+        "ERM (CE)": (80.0, 50.0),
+        "CE + BMA": (78.0, 60.0),
+        "MMS": (79.0, 52.0),
+        CLIPOOD: (78.0, 72.0),
+    },
+}
+
+
+def clipood_results(
+    avg: dict[str, float],
+    val: dict[str, float],
+    b2n: dict[str, tuple[float, float]],
+    *,
+    sketch: dict[str, float] | None = None,
+    members: tuple[str, str] = ("bma0.5", "bma0.5"),
+    curve: tuple[float, dict[str, float]] = (40.0, {"raw": 30.0, "EMA": 38.0, "BMA": 41.0}),
+    curve_beta: float = 0.5,
+) -> clipood.ClipoodResults:
+    """One benchmark, photo and sketch held out in turn, two seeds (seed 0 half a point up).
+
+    ``avg`` is each method's mean over held-out domains; ``sketch`` its accuracy on sketch
+    (default: one point below the mean). ``val`` is the same on both training-domain splits.
+    """
+    sketch = {m: sketch.get(m, a - 1.0) if sketch else a - 1.0 for m, a in avg.items()}
+    dg = pd.DataFrame(
+        [
+            {"benchmark": "world-shape", "held-out": d, "method": m, "seed": s,
+             "accuracy": (2 * a - sketch[m] if d == "photo" else sketch[m]) + {-1: 0, 0: 0.5, 1: -0.5}[s]}
+            for m, a in avg.items()
+            for s in ([-1] if m == "zero-shot" else [0, 1])
+            for d in HELD_OUT
+        ]
+    )  # fmt: skip
+    dg_val = pd.DataFrame(
+        [{"benchmark": "world-shape", "held-out": d, **val} for d in HELD_OUT]
+    ).set_index(["benchmark", "held-out"])
+    selected = {
+        ("world-shape", d): {m: (_config(0.0 if "CE" in m else 0.3), member) for m in ALL_METHODS[1:]}
+        for d, member in zip(HELD_OUT, members, strict=True)
+    }  # fmt: skip
+    return clipood.ClipoodResults(
+        bundle_name="clipnb-ViT-32px",
+        n_trainable=20576,
+        logit_scale=14.0,
+        benchmarks={"world-shape": list(HELD_OUT)},
+        seeds=[0, 1],
+        steps=[30],
+        lrs=[1e-4],
+        margins=[0.0, 0.3],
+        betas=[0.5, 1.0],
+        ema_decay=0.9,
+        batch_size=16,
+        b2n_datasets=["world-shape-photo"],
+        b2n_shots=16,
+        curve_domain="photo",
+        dg=dg,
+        dg_val=dg_val,
+        dg_selected=selected,
+        dg_train_sizes={("world-shape", d): 96 for d in HELD_OUT},
+        ood_top_class_pct=50.0,
+        ood_n_classes=8,
+        curve=_curve(*curve),
+        curve_beta=curve_beta,
+        curve_n_classes=8,
+        b2n=_b2n(b2n),
+        dg_grids={("world-shape", d): _grid() for d in HELD_OUT},
+        wall_minutes=1.25,
+        cpu_minutes=2.5,
+    )
+
+
+def _with(changes: dict[str, float], **kwargs) -> clipood.ClipoodResults:
+    """The source-like build with some held-out averages changed."""
+    return clipood_results(
+        SOURCE_LIKE["avg"] | changes, SOURCE_LIKE["val"], SOURCE_LIKE["b2n"], **kwargs
+    )
+
+
+def test_numbers_read_the_means() -> None:
+    numbers = clipood.numbers(_with({}))
+    assert numbers["n_trainable_m"] == pytest.approx(0.020576)
+    assert (numbers["n_seeds"], numbers["n_grid"], numbers["steps_first"]) == (2, 2, 30)
+    assert numbers["dg_clipood_avg"] == 50.0 and numbers["dg_clipood_ood"] == 49.0
+    assert numbers["dg_gain_vs_erm"] == 5.0 and numbers["dg_gain_vs_zs"] == 10.0
+    assert numbers["dg_gain_seeds_min"] == 5.0
+    assert numbers["dg_seed_std"] == pytest.approx(np.sqrt(0.5))
+    assert numbers["chance"] == 12.5 and numbers["ood_top_class_pct"] == 50.0
+    assert (numbers["dg_val_zs"], numbers["dg_val_best_gain"]) == (50.0, 22.0)
+    assert numbers["ema_theta0_pct"] == pytest.approx(100 * 0.9**30)
+    assert numbers["uniform_theta0_pct"] == pytest.approx(100 / 31)
+    assert numbers["bma_theta0_pct"] > numbers["ema_theta0_pct"]  # beta 0.5: U-shaped weights
+    assert numbers["bma_beta"] == 0.5
+    assert (numbers["curve_start"], numbers["curve_min_raw"], numbers["curve_final_bma"]) == (
+        40.0,
+        20.0,
+        41.0,
+    )
+    assert numbers["b2n_erm_base_delta"] == 20.0 and numbers["b2n_clipood_new_delta"] == 2.0
+    assert numbers["b2n_zs_h"] == pytest.approx(domains.harmonic_mean(60.0, 70.0))
+
+
+def test_verdicts_of_a_build_like_the_source() -> None:
+    assert clipood.verdicts(_with({})) == {
+        "dg_best_finetuned": "the best finetuned model is CLIPood (MMS + BMA), as in the source",
+        "dg_bma_effect": "in both settings",
+        "dg_mms_effect": "in both settings",
+        "dg_vs_zs_words": "all four finetuned models come out ahead",
+        "dg_erm_story": (
+            "plain finetuning (ERM) gains 5.0 points of held-out accuracy, and averaging with the"
+            " pretrained weights (CE + BMA) changes that by +2.0"
+        ),
+        "dg_headline": "appears here for ERM (CE), CE + BMA, MMS and CLIPood (MMS + BMA)",
+        "ood_verdict": "the methods range from 39.0 to 49.0 % there",
+        "dg_val_best": "ERM (CE)",
+        "dg_val_verdict": (
+            "finetuning does fit the styles it trains on, so the held-out columns measure transfer"
+        ),
+        "clipood_betas": "β = 0.5 for every held-out domain",
+        "ablation_order": "follows",
+        "curve_closest": "the BMA ends closest to the pretrained model's accuracy",
+        "curve_bma_shape": "U-shaped",
+        "b2n_erm_base_verdict": (
+            "plain finetuning raises the base classes it trains on, as in the source"
+        ),
+        "b2n_clipood_new_verdict": "CLIPood keeps the new classes at or above zero-shot and above ERM's",
+        "b2n_bma_effect": "in both settings",
+    }
+
+
+def test_verdicts_of_a_build_where_finetuning_hurts() -> None:
+    avg = {
+        "zero-shot": 50.0,
+        "ERM (CE)": 40.0,
+        "CE + BMA": 45.0,
+        "MMS": 38.0,
+        CLIPOOD: 37.0,
+        "MMS + EMA": 41.0,
+        "MMS + uniform average": 40.0,
+    }
+    results = clipood_results(
+        avg,
+        {m: 52.0 for m in ALL_METHODS} | {"zero-shot": 50.0},
+        {
+            "zero-shot": (60.0, 70.0),
+            "ERM (CE)": (55.0, 50.0),
+            "CE + BMA": (58.0, 60.0),
+            "MMS": (56.0, 52.0),
+            CLIPOOD: (57.0, 45.0),
+        },
+        sketch={m: 13.0 for m in avg},
+        members=("bma0.5", "bma2"),
+        curve=(40.0, {"raw": 39.0, "EMA": 36.0, "BMA": 43.0}),
+        curve_beta=1.0,
+    )
+    assert clipood.verdicts(results) == {
+        "dg_best_finetuned": "the best finetuned model is CE + BMA, not CLIPood as in the source",
+        "dg_bma_effect": "with cross-entropy only",
+        "dg_mms_effect": "in neither setting",
+        "dg_vs_zs_words": "none of the four finetuned models comes out ahead",
+        "dg_erm_story": (
+            "plain finetuning (ERM) costs 10.0 points of held-out accuracy, and averaging with the"
+            " pretrained weights (CE + BMA) gives part of it back"
+        ),
+        "dg_headline": "does not appear here; what can be compared is how much each method loses",
+        "ood_verdict": (
+            "every method, finetuned or not, stays within 0.5 points of chance there, so that"
+            " style is a floor rather than a test of transfer"
+        ),
+        "dg_val_best": "ERM (CE)",
+        "dg_val_verdict": (
+            "30 steps over 96 training images barely fit even the styles the model trains on"
+        ),
+        "clipood_betas": "β = 0.5, 2 for the held-out domains in turn",
+        "ablation_order": "does not follow",
+        "curve_closest": "the raw weights end closest to the pretrained model's accuracy",
+        "curve_bma_shape": "uniform",
+        "b2n_erm_base_verdict": "plain finetuning lowers even the base classes it trains on",
+        "b2n_clipood_new_verdict": (
+            "CLIPood's new-class accuracy stays below zero-shot's and does not exceed ERM's"
+        ),
+        "b2n_bma_effect": "with cross-entropy only",
+    }
+
+
+@pytest.mark.parametrize(
+    ("changes", "words", "headline"),
+    [
+        ({"zero-shot": 46.5}, "only CE + BMA and CLIPood (MMS + BMA) come out ahead", "CE + BMA and CLIPood (MMS + BMA)"),
+        ({"zero-shot": 49.0}, "only CLIPood (MMS + BMA) comes out ahead", "CLIPood (MMS + BMA)"),
+    ],
+)  # fmt: skip
+def test_only_some_finetuned_models_beat_zero_shot(changes, words, headline) -> None:
+    verdicts = clipood.verdicts(_with(changes))
+    assert verdicts["dg_vs_zs_words"] == words
+    assert verdicts["dg_headline"] == f"appears here for {headline}"
+
+
+@pytest.mark.parametrize(
+    ("changes", "story"),
+    [
+        ({"zero-shot": 50.0, "CE + BMA": 44.0}, "gives none of it back"),
+        ({"zero-shot": 50.0, "CE + BMA": 51.0}, "gives all of it back"),
+    ],
+)
+def test_erm_story_when_the_bma_gives_none_or_all_of_the_loss_back(changes, story) -> None:
+    assert clipood.verdicts(_with(changes))["dg_erm_story"] == (
+        "plain finetuning (ERM) costs 5.0 points of held-out accuracy, and averaging with the"
+        f" pretrained weights (CE + BMA) {story}"
+    )
+
+
+def test_effect_words_names_the_one_setting() -> None:
+    means = pd.Series({"ERM (CE)": 40.0, "CE + BMA": 39.0, "MMS": 41.0, CLIPOOD: 42.0})
+    assert clipood.effect_words(means, clipood.BMA_PAIRS) == "with the MMS loss only"
+    assert clipood.effect_words(means, clipood.MMS_PAIRS) == "in both settings"
+
+
+def test_curve_shape_of_a_centre_heavy_bma() -> None:
+    assert clipood.verdicts(_with({}, curve_beta=2.0))["curve_bma_shape"] == "centre-heavy"
+
+
+@pytest.mark.parametrize(
+    ("erm_new", "clipood_new", "words"),
+    [
+        (50.0, 55.0, "CLIPood's new-class accuracy stays below zero-shot's and above ERM's"),
+        (70.0, 70.0, "CLIPood keeps the new classes at or above zero-shot and does not exceed ERM's"),
+    ],
+)  # fmt: skip
+def test_new_class_verdicts_against_zero_shot_and_erm(erm_new, clipood_new, words) -> None:
+    halves = SOURCE_LIKE["b2n"] | {"ERM (CE)": (80.0, erm_new), CLIPOOD: (78.0, clipood_new)}
+    results = clipood_results(SOURCE_LIKE["avg"], SOURCE_LIKE["val"], halves)
+    assert clipood.verdicts(results)["b2n_clipood_new_verdict"] == words
+
+
+def test_tables_and_figures_of_hand_made_results() -> None:
+    import matplotlib.pyplot as plt
+
+    results = _with({})
+    assert list(clipood.dg_table(results).index) == clipood.MAIN_METHODS
+    assert list(clipood.dg_table(results).columns) == [
+        "world-shape · photo",
+        "world-shape · sketch",
+        "world-shape · average",
+    ]
+    assert list(clipood.ablation_table(results).index) == clipood.ABLATION_METHODS
+    assert list(clipood.dg_val_table(results).columns) == ["zero-shot", *clipood.METHODS]
+    assert clipood.chosen_settings_table(results).loc[CLIPOOD, "world-shape · sketch"] == (
+        "λ=0.3 · bma0.5 · lr=1e-04 · 30 steps"
+    )
+    assert list(clipood.b2n_table(results).columns)[-1] == "average · H"
+    scale = clipood.scale_table(results)["this build"]
+    assert list(scale) == [
+        "clipnb-ViT-32px (0.02 M trainable)",
+        "world-shape (2 held-out runs)",
+        "96 images",
+        "30 steps × 16",
+        "2 runs × 2 β",
+        "1.2 min wall, 2.5 min CPU",
+    ]
+    figures = clipood.figures(results)
+    assert set(figures) == {"fig_clipood_sweeps", "fig_clipood_steps"}
+    for fig in figures.values():
+        plt.close(fig)

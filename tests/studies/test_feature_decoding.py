@@ -1,4 +1,4 @@
-"""Tests for clipnb.feature_decoding (the study 'What frozen features contain').
+"""Tests for clipnb.studies.feature_decoding (the study 'What frozen features contain').
 
 The issue's own checks (the tower is unchanged after decoder training, the EMA codebook update
 matches its formula, mIoU is 1 for a perfect and 0 for a disjoint prediction) live in
@@ -8,6 +8,7 @@ tests/methods/test_decoders.py; here: the study's data helpers and the validatio
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
@@ -18,6 +19,7 @@ import clipnb
 from clipnb.core.imagesets import array_imageset, mask_geometry
 from clipnb.core.spatial import spatial_features
 from clipnb.methods.decoders import VQVAE, SegmentationDecoder, train_decoder, vqvae_loss
+from clipnb.studies import feature_decoding as fd
 from clipnb.studies.feature_decoding import (
     fit_on_validation,
     pixel_tensors,
@@ -181,3 +183,179 @@ def test_scores() -> None:
     )
     assert out["mse"] == pytest.approx(float(F.mse_loss(recon, images)), rel=1e-5)
     assert 1.0 <= out["perplexity"] <= 4.0
+
+
+# --- the chapter's numbers and verdicts, on hand-made results ---------------------------------------
+
+VQ_ROWS = (fd.CLIP_VQ, fd.RANDOM_VQ, fd.OWN_VQ)
+SEG_ROWS = (fd.CLIP_SEG, fd.RANDOM_SEG, fd.UNET)
+
+
+def _records(key: str, table: dict[str, dict[str, list[float]]]) -> list[dict]:
+    """Long records from ``table[row][metric]`` = one value per seed."""
+    return [
+        {key: row, "seed": seed, "metric": metric, "value": value}
+        for row, metrics in table.items()
+        for metric, values in metrics.items()
+        for seed, value in enumerate(values)
+    ]
+
+
+def decoding_results(
+    psnr: tuple[list[float], list[float], list[float]] = ([20.0], [15.0], [25.0]),
+    train_loss: tuple[float, float, float] = (4.0, 5.0, 2.0),
+    miou: tuple[list[float], list[float], list[float]] = ([60.0], [40.0], [80.0]),
+    val_loss: tuple[float, float, float] = (30.0, 40.0, 50.0),
+    ood_miou: tuple[float, float, float] | None = (30.0, 20.0, 10.0),
+    chosen: tuple[int, int] = (10, 10),
+) -> fd.DecodingResults:
+    """Three VQ-VAEs and three segmenters (rows in chapter order) trained for 10 steps."""
+    vq = {
+        row: {
+            "train loss ×100": [loss] * len(values),
+            "test PSNR (dB)": values,
+            "chosen step": [chosen[0]] * len(values),
+        }
+        for row, values, loss in zip(VQ_ROWS, psnr, train_loss, strict=True)
+    }
+    seg = {
+        row: {
+            "test mIoU %": values,
+            "best val. loss ×100": [loss] * len(values),
+            "chosen step": [chosen[1]] * len(values),
+        }
+        for row, values, loss in zip(SEG_ROWS, miou, val_loss, strict=True)
+    }
+    if ood_miou is not None:
+        for row, value in zip(SEG_ROWS, ood_miou, strict=True):
+            seg[row]["OOD test mIoU %"] = [value] * len(miou[0])
+    summary = fd.DataSummary(
+        vq_dataset="world-shape-photo",
+        seg_dataset="world-shape-photo",
+        ood_dataset="world-shape-sketch" if ood_miou is not None else "",
+        split_sizes={"world-shape-photo": (64, 16, 32), "world-shape-sketch": (8, 8, 24)},
+        n_ood=24 if ood_miou is not None else 0,
+        grid=(4, 4),
+        channels=32,
+        first_seed=0,
+    )
+    return fd.DecodingResults(
+        summary,
+        fd.VQResults(_records("encoder", vq), [], 10, 4, [], []),
+        fd.SegResults(_records("model", seg), [], 10, ["background", "circle"], [], {}),
+    )
+
+
+def test_numbers_read_the_means() -> None:
+    numbers = fd.numbers(decoding_results())
+    assert (numbers["n_vq_train"], numbers["n_seg_train"]) == (64, 64)
+    assert (numbers["grid_h"], numbers["feat_channels"], numbers["first_seed"]) == (4, 32, 0)
+    assert (numbers["vq_psnr_clip"], numbers["vq_psnr_random"], numbers["vq_psnr_own"]) == (
+        20.0,
+        15.0,
+        25.0,
+    )
+    assert numbers["vq_train_clip"] == pytest.approx(0.04)
+    assert numbers["vq_train_ratio"] == pytest.approx(2.0)
+    assert (numbers["seg_miou_clip"], numbers["seg_ood_random"]) == (60.0, 20.0)
+    assert numbers["seg_val_unet"] == pytest.approx(0.5)
+    assert (numbers["seg_gap_test"], numbers["seg_gap_ood"]) == (20.0, 10.0)
+    assert numbers["n_seg_classes"] == 2
+    without_ood = fd.numbers(decoding_results(ood_miou=None))
+    assert np.isnan(without_ood["seg_ood_clip"]) and np.isnan(without_ood["seg_gap_ood"])
+
+
+def test_verdicts_of_one_seed_where_the_trained_encoder_fits_best() -> None:
+    assert fd.verdicts(decoding_results()) == {
+        "vq_psnr_ranking": "own encoder (trained), then CLIP (frozen), then random tower (frozen)",
+        "vq_ratio_meaning": (
+            "CLIP's features fit the training images less closely than the trained encoder"
+        ),
+        "vq_ratio_vs_source": "Our ratio is also above 1, the source's direction",
+        "vq_pretrain_gap": "+5.00 dB (one seed, so no spread over seeds to compare it with)",
+        "seg_miou_ranking": (
+            "UNet from scratch, then CLIP (frozen) + decoder, then random tower (frozen) + decoder"
+        ),
+        "seg_val_vs_unet": "lower than",
+        "seg_ood_sentence": (
+            "On the test images of `world-shape-sketch` (the same classes, out of distribution"
+            " for the tower), the models trained on `world-shape-photo` reach 30.0 % (CLIP),"
+            " 20.0 % (random tower) and 10.0 % (UNet) (ranked: CLIP (frozen) + decoder, then"
+            " random tower (frozen) + decoder, then UNet from scratch). The CLIP decoder's mIoU"
+            " minus the random tower's is +20.0 points on `world-shape-photo` and +10.0 points"
+            " on `world-shape-sketch`."
+        ),
+        "seg_pretrain_gap": "+20.00 points (one seed, so no spread over seeds to compare it with)",
+        "last_step_share": (
+            "the lowest validation loss came at the last step in 6 of 6 runs, so longer training"
+            " would likely lower it further"
+        ),
+    }
+
+
+def test_verdicts_where_clip_fits_closely_and_no_ood_set_is_scored() -> None:
+    results = decoding_results(
+        train_loss=(2.0, 5.0, 4.0), val_loss=(50.0, 40.0, 50.0), ood_miou=None, chosen=(10, 5)
+    )
+    verdicts = fd.verdicts(results)
+    assert verdicts["vq_ratio_meaning"] == (
+        "CLIP's features fit the training images at least as closely as the trained encoder"
+    )
+    assert verdicts["vq_ratio_vs_source"] == (
+        "Our ratio is not above 1: here the source's direction does not reproduce"
+    )
+    assert verdicts["seg_val_vs_unet"] == "not lower than"
+    assert verdicts["seg_ood_sentence"] == (
+        "This run sets no out-of-distribution segmentation set (`ood_dataset` is empty), so only"
+        " the test split of `world-shape-photo` is scored; there the CLIP decoder's mIoU minus"
+        " the random tower's is +20.0 points."
+    )
+    # Half the runs (the VQ-VAEs) ended at their last step: not a majority.
+    assert verdicts["last_step_share"] == (
+        "the lowest validation loss came at the last step in 3 of 6 runs"
+    )
+
+
+def test_gap_words_against_the_spread_over_seeds() -> None:
+    def gap(clip: list[float], random: list[float]) -> str:
+        results = decoding_results(psnr=(clip, random, [25.0] * len(clip)))
+        return fd.verdicts(results)["vq_pretrain_gap"]
+
+    assert gap([20.0, 22.0], [20.5, 21.5]) == "+0.00 dB, within the spread over seeds (± 1.00)"
+    assert gap([24.0, 26.0], [20.0, 21.0]) == (
+        "+4.50 dB, a gain larger than the spread over seeds (± 1.00)"
+    )
+    assert gap([18.0, 19.0], [24.0, 26.0]) == (
+        "-6.50 dB, a loss larger than the spread over seeds (± 1.00)"
+    )
+    assert gap([20.0], [21.0]) == "-1.00 dB (one seed, so no spread over seeds to compare it with)"
+
+
+def test_ranking_reads_highest_first() -> None:
+    assert fd.ranking(pd.Series({"a": 1.0, "b": 3.0, "c": 2.0})) == "b, then c, then a"
+
+
+def test_tables_and_figures_of_hand_made_results() -> None:
+    import matplotlib.pyplot as plt
+
+    results = decoding_results()
+    table = fd.data_table(results.data)
+    assert list(table["used for"]) == ["VQ-VAE", "segmentation", "segmentation, OOD test"]
+    assert list(table["train / val / test images"]) == ["64 / 16 / 32"] * 2 + ["– / – / 24"]
+    assert len(fd.data_table(decoding_results(ood_miou=None).data)) == 2
+    images = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    results.vq.reconstructions = [("original", images), (fd.CLIP_VQ, images)]
+    results.vq.random_decodes = [(fd.CLIP_VQ, images)]
+    results.vq.curves = [{"encoder": fd.CLIP_VQ, "seed": 0, "step": 1, "val loss": 1.0}]
+    results.seg.curves = [{"model": fd.UNET, "seed": 0, "step": 1, "val loss": 1.0}]
+    results.seg.images = [np.zeros((8, 8, 3), np.uint8)] * 2
+    results.seg.masks = {"ground truth": torch.zeros(2, 8, 8, dtype=torch.long)}
+    figures = fd.figures(results)
+    assert set(figures) == {
+        "fig_reconstructions",
+        "fig_random_codes",
+        "fig_val_curves",
+        "fig_masks",
+    }
+    for fig in figures.values():
+        plt.close(fig)
