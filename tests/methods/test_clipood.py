@@ -1,4 +1,4 @@
-"""Tests for clipnb.losses (Margin Metric Softmax and weight averaging)."""
+"""Tests for clipnb.methods.clipood (Margin Metric Softmax and weight averaging)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tests for clipnb.clustering (UMAP + KMeans++ clustering scores, label noise, noisy probes)."""
+"""Tests for clipnb.methods.clustering (UMAP + KMeans++ clustering scores, label noise, noisy probes)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tests for clipnb.spatial and clipnb.decoders (random-init open_clip towers, no network)."""
+"""Tests for clipnb.core.spatial and clipnb.methods.decoders (random-init open_clip towers, no network)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tests for clipnb.gradcam (random-init open_clip models, CPU, no network)."""
+"""Tests for clipnb.methods.gradcam (random-init open_clip models, CPU, no network)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tests for clipnb.adapters (Tip-Adapter, Tip-Adapter-F, alpha/beta search)."""
+"""Tests for clipnb.methods.tip_adapter (Tip-Adapter, Tip-Adapter-F, alpha/beta search)."""
 
 from __future__ import annotations
 

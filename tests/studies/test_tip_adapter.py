@@ -1,4 +1,4 @@
-"""Tests for the Tip-Adapter study: clipnb.fewshot's protocol and methods, and the CAM target.
+"""Tests for the Tip-Adapter study: clipnb.methods.few_shot's protocol and methods, and the CAM target.
 
 The unit tests of the adapter itself (formula, alpha = 0, a cached query, the grid search and
 Tip-Adapter-F's epoch selection) are in tests/methods/test_tip_adapter.py; these check the study level.
