@@ -40,6 +40,8 @@ batch_size = 8
 cam_images = 32
 figure_images = 2
 wrong_target = ["five", "one"]
+# the saliency protocol's fields to change (e.g. fewer images for a dry run); {} = the profile's
+cam_protocol = {}
 
 # %%
 import time
@@ -61,6 +63,7 @@ setup = finetune_parts.prepare(
     seeds[0],
     encoder_lrs,
     projection_lrs,
+    cam_protocol=cam_protocol,
 )
 
 # %% [markdown]

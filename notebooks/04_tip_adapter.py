@@ -42,6 +42,8 @@ cam_dataset = "digits"
 cam_images = 5
 mask_dataset = "world-shape-sketch"
 mask_images = 64
+# the saliency protocol's fields to change (e.g. fewer images for a dry run); {} = the profile's
+cam_protocol = {}
 
 # %%
 import time
@@ -63,6 +65,7 @@ setup = tip_adapter.prepare(
     tip_f_lrs,
     head_epochs,
     head_lrs,
+    cam_protocol=cam_protocol,
 )
 
 # %% [markdown]

@@ -42,6 +42,8 @@ cam_memes = 32
 aux_dir = ""
 chain_yaml = ""
 max_per_split = 0
+# the saliency protocol's fields to change (e.g. fewer images for a dry run); {} = the profile's
+cam_protocol = {}
 
 # %%
 from clipnb.core import report
@@ -54,7 +56,7 @@ results = hidden_links.run(
     profile=profile, dataset=dataset, seeds=seeds, n_train=n_train, n_val=n_val, n_test=n_test,
     steps=steps, eval_every=eval_every, pairs_per_step=pairs_per_step, lrs=lrs,
     chain_batch=chain_batch, aux_counts=aux_counts, cam_counts=cam_counts, cam_memes=cam_memes,
-    aux_dir=aux_dir, chain_yaml=chain_yaml, max_per_split=max_per_split,
+    aux_dir=aux_dir, chain_yaml=chain_yaml, max_per_split=max_per_split, cam_protocol=cam_protocol,
 )  # fmt: skip
 print(results.data_note)
 report.glue_numbers(hidden_links.numbers(results))

@@ -27,6 +27,9 @@ pytestmark = pytest.mark.slow
 #: Per-study parameters on top of the full profile: the fixture's few classes and images, one
 #: seed, one learning rate and a few steps. Everything else (datasets, models, code) is the
 #: full profile's own.
+#: The saliency protocol on a random ViT-B/32 on the CPU: one image per seed, Grad-CAM at the top block.
+CAM_DRY_RUN = {"per_seed": 1, "methods": ["GradCAM"], "layer_stride": 12}
+
 DRY_RUN: dict[str, dict[str, Any]] = {
     # The embedded-CLIP chapter pretrains the project's own model whatever the profile (10 min on
     # this CPU in the embedded configuration); nothing in it is full-profile specific, so the dry
@@ -59,6 +62,7 @@ DRY_RUN: dict[str, dict[str, Any]] = {
         "batch_size": 2,
         "cam_images": 1,
         "figure_images": 1,
+        "cam_protocol": CAM_DRY_RUN,
     },
     "tip_adapter": {
         "shots": [1, 2],
@@ -71,6 +75,7 @@ DRY_RUN: dict[str, dict[str, Any]] = {
         "head_epochs": 5,
         "head_lrs": [0.01],
         "cam_images": 2,
+        "cam_protocol": CAM_DRY_RUN,
     },
     "clipood": {
         "dg_datasets": ["pacs"],
@@ -94,6 +99,7 @@ DRY_RUN: dict[str, dict[str, Any]] = {
         "aux_counts": [0],
         "cam_counts": [0],
         "cam_memes": 2,
+        "cam_protocol": CAM_DRY_RUN,
     },
     "feature_decoding": {
         "dataset_options": {},

@@ -24,7 +24,8 @@ import copy
 import pickle
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -485,14 +486,19 @@ PROTOCOL_VERSION = 1
 
 
 def validated_setting(
-    bundle: ClipBundle, profile: str, progress: bool = True
+    bundle: ClipBundle, profile: str, progress: bool = True, **changes: Any
 ) -> SaliencyValidation:
-    """The profile's protocol run on ``bundle`` (cached on disk: every chapter asks for it)."""
+    """The profile's protocol run on ``bundle`` (cached on disk: every chapter asks for it).
+
+    ``changes`` replace fields of the profile's :class:`Protocol` (a chapter's ``cam_protocol``
+    parameter, e.g. a one-image, one-method protocol for a dry run of the full profile).
+    """
     from clipnb.methods.gradcam import clip_cams
 
     if profile not in PROTOCOLS:
         raise ValueError(f"No saliency protocol for profile {profile!r}: {', '.join(PROTOCOLS)}.")
-    protocol = PROTOCOLS[profile]
+    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in changes.items()}
+    protocol = replace(PROTOCOLS[profile], **fields)
     images = masked_images(bundle, protocol)
     key = stable_hash([bundle.fingerprint, images.fingerprint, asdict(protocol), PROTOCOL_VERSION])
     path = cache_dir() / "saliency" / f"{key}.pkl"

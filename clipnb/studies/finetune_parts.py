@@ -569,6 +569,7 @@ def prepare(
     seed: int,
     encoder_lrs: Sequence[float],
     projection_lrs: Sequence[float],
+    cam_protocol: dict[str, Any] | None = None,
 ) -> Setup:
     """Seed, load the profile's model and its validated CAM setting, the three datasets (one per
     role of :data:`ROLES`) and their scorers; the learning-rate grid of each part."""
@@ -578,7 +579,7 @@ def prepare(
         )
     seed_everything(seed)
     bundle = load_model(profile)
-    cam_validation = saliency.validated_setting(bundle, profile)
+    cam_validation = saliency.validated_setting(bundle, profile, **(cam_protocol or {}))
     data = {
         role: load_study_dataset(name, world_per_class, max_per_split)
         for role, name in zip(ROLES, datasets, strict=True)

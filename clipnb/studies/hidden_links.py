@@ -29,6 +29,7 @@ import copy
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import matplotlib.figure
 import numpy as np
@@ -958,6 +959,7 @@ def run(
     chain_yaml: str,
     max_per_split: int,
     progress: bool = True,
+    cam_protocol: dict[str, Any] | None = None,
 ) -> Results:
     """The whole chapter, in the order it tells it: the memes, the probes, experiments 1–3.
 
@@ -967,7 +969,7 @@ def run(
     seeds, aux_counts, cam_counts = list(seeds), list(aux_counts), list(cam_counts)
     seed_everything(seeds[0])
     bundle = load_model(profile)
-    validation = saliency.validated_setting(bundle, profile)
+    validation = saliency.validated_setting(bundle, profile, **(cam_protocol or {}))
     synthetic = dataset == "memes"
     if synthetic:
         data = load_dataset(dataset, n_train=n_train, n_val=n_val, n_test=n_test)

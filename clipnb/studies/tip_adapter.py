@@ -186,12 +186,13 @@ def prepare(
     tip_f_lrs: Sequence[float],
     head_epochs: int,
     head_lrs: Sequence[float],
+    cam_protocol: dict[str, Any] | None = None,
 ) -> Setup:
     """Seed, load the profile's model and its CAM setting, the five methods (every choice made
     on validation) and each dataset's features (from the cache)."""
     seed_everything(seed)
     bundle = load_model(profile)
-    cam_validation = saliency.validated_setting(bundle, profile)
+    cam_validation = saliency.validated_setting(bundle, profile, **(cam_protocol or {}))
     methods = {
         "zero-shot": few_shot.zero_shot_method(),
         "linear probe": few_shot.linear_probe_method(),
