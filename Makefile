@@ -7,6 +7,9 @@ BIN     := $(VENV)/bin
 PROFILE ?= embedded
 DATA    ?=
 STUDY   ?=
+# Where sweeps' trials run: local (in-process) or ray (RAY_ADDRESS= a cluster; empty: a local Ray).
+EXECUTOR    ?= local
+RAY_ADDRESS ?=
 
 export CLIPNB_CACHE ?= $(CURDIR)/.cache/clipnb
 export MPLBACKEND := Agg
@@ -21,11 +24,16 @@ endif
 ifneq ($(DATA),)
 export CLIPNB_DATA := $(abspath $(DATA))
 endif
+export CLIPNB_EXECUTOR := $(EXECUTOR)
+ifneq ($(RAY_ADDRESS),)
+export CLIPNB_RAY_ADDRESS := $(RAY_ADDRESS)
+endif
 
 .PHONY: help env book run test bench lint lab clean clean-cache
 
 help:
 	@echo "make book [PROFILE=embedded|smoke|full] [DATA=/path]   run every study, build book/_build/html"
+	@echo "          [EXECUTOR=local|ray] [RAY_ADDRESS=host:port]  sweeps on a local or a cluster Ray"
 	@echo "make test                                             the test suite (what CI runs)"
 	@echo "make lab                                              JupyterLab on notebooks/ with the project's kernel"
 	@echo "make run STUDY=name [PROFILE=...]                     run one study"

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from clipnb import runner
+from clipnb.core import executor
 from clipnb.core.profiles import DEFAULT_PROFILE, PROFILES
 from clipnb.registry import STUDIES
 
@@ -64,6 +65,23 @@ def main(argv: list[str] | None = None) -> int:
     )
     run_p.add_argument("--kernel", default=runner.KERNEL_NAME)
     run_p.add_argument("--force", action="store_true", help="re-run even if up to date")
+    run_p.add_argument(
+        "--executor",
+        choices=executor.EXECUTORS,
+        default=None,
+        help=f"where sweeps' trials run (default: ${executor.ENV_EXECUTOR} or local)",
+    )
+    run_p.add_argument(
+        "--ray-address",
+        default=None,
+        help=f"Ray cluster to join (default: ${executor.ENV_RAY_ADDRESS}, else a local Ray "
+        "on 127.0.0.1)",
+    )
+    run_p.add_argument(
+        "--concurrent-studies",
+        action="store_true",
+        help="with Ray: run the studies' notebooks at the same time, one per worker",
+    )
     bench_p = sub.add_parser("bench", help="benchmarks: `bench pretrain` (throughput, FLOPs, peak)")
     bench_p.add_argument("what", choices=["pretrain"])
     bench_p.add_argument("--profile", default=DEFAULT_PROFILE, choices=("embedded", "smoke"))
@@ -75,9 +93,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "bench":
         return _bench(args.profile, args.steps)
     try:
+        if args.executor or args.ray_address:
+            current = executor.choice()
+            executor.use(args.executor or current.name, args.ray_address or current.address)
         overrides = dict(runner.parse_assignment(a) for a in args.assignments)
         outcomes = runner.run(
-            args.studies or None, args.profile, overrides, args.out, args.kernel, args.force
+            args.studies or None,
+            args.profile,
+            overrides,
+            args.out,
+            args.kernel,
+            args.force,
+            concurrent=args.concurrent_studies,
         )
     except (ValueError, FileNotFoundError) as err:
         print(f"clipnb: error: {err}", file=sys.stderr)

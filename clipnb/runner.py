@@ -24,6 +24,7 @@ from typing import Any
 
 import nbformat
 
+from clipnb.core import executor
 from clipnb.core.utils import (
     PACKAGE_DIR,
     atomic_write_json,
@@ -452,6 +453,9 @@ def run_study(
     tmp = out_dir / f".{study.name}.running.ipynb"
     start = time.perf_counter()
     status, message = "ok", ""
+    # The kernel inherits this: its sweeps save finished trials under the study's hash.
+    previous_key = os.environ.get(executor.ENV_STUDY_KEY)
+    os.environ[executor.ENV_STUDY_KEY] = digest
     try:
         pm.execute_notebook(
             nb,
@@ -469,6 +473,11 @@ def run_study(
             message = failing_cell(nbformat.read(tmp, as_version=4))
         else:
             message += "\n" + traceback.format_exc(limit=3)
+    finally:
+        if previous_key is None:
+            os.environ.pop(executor.ENV_STUDY_KEY, None)
+        else:
+            os.environ[executor.ENV_STUDY_KEY] = previous_key
     seconds = time.perf_counter() - start
     if tmp.exists():
         executed = nbformat.read(tmp, as_version=4)
@@ -508,11 +517,14 @@ def run(
     kernel_name: str = KERNEL_NAME,
     force: bool = False,
     study_overrides: dict[str, dict[str, Any]] | None = None,
+    concurrent: bool = False,
 ) -> list[Outcome]:
     """Run the named studies (all by default) in registry order; check every study first.
 
     ``overrides`` apply to every study that has the parameter; ``study_overrides`` maps a study's
     name to parameters for that study only (applied last), e.g. small sizes for a dry run.
+    Sweeps run on the executor of :func:`clipnb.core.executor.choice`; with Ray, one Ray serves
+    the run and ``concurrent`` runs the studies' notebooks at the same time, one per worker.
     """
     studies = [get_study(n) for n in names] if names else list(STUDIES)
     out_dir = Path(out_dir) if out_dir else default_out_dir()
@@ -530,21 +542,81 @@ def run(
         resolve(study, profile, params[study.name])
     if force or stale_studies(studies, profile, out_dir, params):
         prepare_models(profile)
-    outcomes = []
-    for study in studies:
-        outcome = run_study(study, profile, out_dir, params[study.name], kernel_name, force)
-        label = {
-            "ran": f"done in {outcome.seconds:.1f} s",
-            "up-to-date": "up to date (skipped)",
-        }.get(outcome.status, f"FAILED after {outcome.seconds:.1f} s — {outcome.message}")
-        print(
-            f"[clipnb] {study.name}: {label}",
-            file=sys.stderr if outcome.status == "failed" else sys.stdout,
-            flush=True,
-        )
-        outcomes.append(outcome)
+    chosen = executor.choice()
+    if chosen.name == "ray":
+        # One Ray for the whole run: every notebook kernel joins it instead of starting its own.
+        executor.use("ray", executor.connect_ray(chosen.address))
+    if concurrent and chosen.name == "ray":
+        outcomes = _run_concurrently(studies, profile, out_dir, params, kernel_name, force)
+        for outcome in outcomes:
+            _report(outcome)
+    else:
+        outcomes = []
+        for study in studies:
+            outcomes.append(
+                run_study(study, profile, out_dir, params[study.name], kernel_name, force)
+            )
+            _report(outcomes[-1])
     write_pages(out_dir)
     return outcomes
+
+
+def _report(outcome: Outcome) -> None:
+    label = {
+        "ran": f"done in {outcome.seconds:.1f} s",
+        "up-to-date": "up to date (skipped)",
+    }.get(outcome.status, f"FAILED after {outcome.seconds:.1f} s — {outcome.message}")
+    print(
+        f"[clipnb] {outcome.study}: {label}",
+        file=sys.stderr if outcome.status == "failed" else sys.stdout,
+        flush=True,
+    )
+
+
+def _study_task(name: str, shared: dict[str, Any]) -> Outcome:
+    # A Ray worker's environment is the one Ray started with: hand over the run's own.
+    os.environ.update(shared["env"])
+    return run_study(
+        get_study(name),
+        shared["profile"],
+        shared["out_dir"],
+        shared["params"][name],
+        shared["kernel_name"],
+        shared["force"],
+    )
+
+
+def _run_concurrently(
+    studies: list[Study],
+    profile: str,
+    out_dir: Path,
+    params: dict[str, dict[str, Any]],
+    kernel_name: str,
+    force: bool,
+) -> list[Outcome]:
+    """Each study's notebook as a Ray task (one notebook per worker), outcomes in registry order.
+
+    A study task reserves no CPU: it only drives its kernel, whose sweeps ask Ray for their own
+    trials' resources (a study holding a CPU while its trials wait for one would deadlock).
+    """
+    keys = ("CLIPNB_OFFLINE", "CLIPNB_CACHE", "CLIPNB_DATA", "HF_HUB_OFFLINE", "MPLBACKEND")
+    keys += (executor.ENV_EXECUTOR, executor.ENV_RAY_ADDRESS)
+    env = {k: os.environ[k] for k in keys if k in os.environ}
+    shared = {
+        "env": env,
+        "profile": profile,
+        "out_dir": out_dir,
+        "params": params,
+        "kernel_name": kernel_name,
+        "force": force,
+    }
+    return executor.map_trials(
+        _study_task,
+        [s.name for s in studies],
+        shared,
+        desc="studies",
+        resources={"num_cpus": 0},
+    )
 
 
 def _applicable(study: Study, profile: str, overrides: dict[str, Any] | None) -> dict[str, Any]:

@@ -24,13 +24,13 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
+from clipnb.core import executor
 from clipnb.core.evaluation import PROBE_CS, accuracy, fit_linear_probe, select_on_validation
 from clipnb.core.features import SINGLE_TEMPLATE, SplitFeatures, class_embeddings, encode_dataset
 from clipnb.core.imagesets import few_shot_indices
 from clipnb.core.models import ClipBundle
-from clipnb.core.utils import seed_everything
+from clipnb.core.utils import array_hash, seed_everything, stable_hash
 from clipnb.data.registry import load_dataset
 from clipnb.methods.heads import LinearHead, train_head
 from clipnb.methods.saliency import CamSetting
@@ -78,6 +78,14 @@ class FeatureTask:
     @property
     def class_names(self) -> list[str]:
         return self.train.class_names
+
+    def fingerprint(self) -> str:
+        """A hash of the features and the zero-shot head (what the trials' results depend on)."""
+        tensors = [self.train.x, self.train.y, self.val.x, self.val.y, self.test.x, self.test.y]
+        tensors.append(self.class_weights)
+        return stable_hash(
+            [[array_hash(t.detach().cpu().numpy()) for t in tensors], self.logit_scale]
+        )
 
 
 def load_feature_task(
@@ -143,6 +151,26 @@ def few_shot_problem(task: FeatureTask, shots: int, seed: int) -> FewShotProblem
     return FewShotProblem(train, task.val, task.class_weights, task.logit_scale, shots, seed)
 
 
+def few_shot_trial(
+    spec: dict[str, Any], shared: tuple[FeatureTask, Mapping[str, Method]]
+) -> list[dict[str, Any]]:
+    """Every method fitted on one (shots, seed) draw and scored once on the test split."""
+    task, methods = shared
+    k, seed = int(spec["shots"]), int(spec["seed"])
+    problem = few_shot_problem(task, k, seed)
+    records = []
+    for name, method in methods.items():
+        seed_everything(seed)
+        fitted = method(problem)
+        with torch.no_grad():
+            acc = accuracy(fitted.predict(task.test.x), task.test.y)
+        records.append(
+            {"dataset": task.name, "method": name, "shots": k, "seed": seed, "accuracy": acc}
+            | fitted.info
+        )
+    return records
+
+
 def run_few_shot(
     task: FeatureTask,
     methods: Mapping[str, Method],
@@ -152,31 +180,23 @@ def run_few_shot(
 ) -> list[dict[str, Any]]:
     """Fit every method at every (shots, seed) and score it once on the test split.
 
-    Returns long-format records: ``dataset, method, shots, seed, accuracy`` (test, %) plus what
-    each method chose on validation (its ``info``), ready for :func:`clipnb.core.report.mean_std_table`.
+    Each (shots, seed) is a trial of :func:`clipnb.core.executor.map_trials` (in this process, or
+    a Ray task with the task's features in the object store). Returns long-format records:
+    ``dataset, method, shots, seed, accuracy`` (test, %) plus what each method chose on
+    validation (its ``info``), ready for :func:`clipnb.core.report.mean_std_table`.
     """
     if not methods:
         raise ValueError("methods is empty; pass e.g. {'zero-shot': zero_shot_method()}.")
-    records: list[dict[str, Any]] = []
-    grid = list(itertools.product(shots, seeds))
-    for k, seed in tqdm(grid, desc=f"few-shot {task.name}", disable=not progress, leave=False):
-        problem = few_shot_problem(task, int(k), int(seed))
-        for name, method in methods.items():
-            seed_everything(int(seed))
-            fitted = method(problem)
-            with torch.no_grad():
-                acc = accuracy(fitted.predict(task.test.x), task.test.y)
-            records.append(
-                {
-                    "dataset": task.name,
-                    "method": name,
-                    "shots": int(k),
-                    "seed": int(seed),
-                    "accuracy": acc,
-                    **fitted.info,
-                }
-            )
-    return records
+    specs = [{"shots": int(k), "seed": int(s)} for k, s in itertools.product(shots, seeds)]
+    runs = executor.map_trials(
+        few_shot_trial,
+        specs,
+        (task, dict(methods)),
+        desc=f"few-shot {task.name}",
+        progress=progress,
+        journal=[task.name, task.fingerprint(), list(methods)],
+    )
+    return [r for run in runs for r in run]
 
 
 # --------------------------------------------------------------------------------- methods

@@ -27,7 +27,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from clipnb.core import report
+from clipnb.core import executor, report
 from clipnb.core.evaluation import accuracy, select_on_validation, zero_shot_logits
 from clipnb.core.features import SINGLE_TEMPLATE, class_embeddings, encode_images, image_tensors
 from clipnb.core.imagesets import ImageSet, few_shot
@@ -221,6 +221,39 @@ def run_trial(
     return records
 
 
+@dataclass
+class TrialInputs:
+    """What every trial of an experiment reads (sent to Ray's object store once).
+
+    ``train`` is a set or a function ``seed -> set`` (few-shot draws).
+    """
+
+    bundle: ClipBundle
+    train: ImageSet | Callable[[int], ImageSet]
+    evaluator: Evaluator
+    betas: tuple[float, ...]
+    ema_decay: float
+    batch_size: int
+
+
+def clipood_trial(spec: dict[str, Any], inputs: TrialInputs) -> list[dict[str, Any]]:
+    """:func:`run_trial` of ``spec['config']`` (a :class:`TrialConfig` as a dict), restricted to
+    ``spec['members']`` and ``spec['splits']`` when given."""
+    config = TrialConfig(**spec["config"])
+    train = inputs.train(config.seed) if callable(inputs.train) else inputs.train
+    return run_trial(
+        inputs.bundle,
+        train,
+        inputs.evaluator,
+        config,
+        betas=inputs.betas,
+        ema_decay=inputs.ema_decay,
+        batch_size=inputs.batch_size,
+        members=spec.get("members"),
+        splits=spec.get("splits"),
+    )
+
+
 def method_candidates(
     kind: tuple[str, str], configs: Sequence[TrialConfig], betas: Sequence[float]
 ) -> list[tuple[TrialConfig, str]]:
@@ -261,44 +294,48 @@ def run_experiment(
     methods: Mapping[str, tuple[str, str]] | None = None,
     selection_split: str = "val",
     progress: bool = True,
+    journal_key: Any = None,
 ) -> Experiment:
     """Grid on ``seeds[0]``, selection on ``selection_split``, then the selected settings per seed.
+
+    Each finetuning run is a trial of :func:`clipnb.core.executor.map_trials`; ``journal_key``
+    names the experiment within its study so that finished trials survive a failed one.
 
     ``train`` is a set or a function ``seed -> set`` (few-shot draws). ``eval_sets`` must contain
     ``selection_split``; the others (test sets) are only reported: ``results`` holds their rows
     (method, seed, split, accuracy and the selected settings). The other seeds rerun only the
     selected settings and score only the averages and sets the methods report.
     """
-    from tqdm.auto import tqdm
-
     methods = dict(methods or {**METHODS, **ABLATION})
     if selection_split not in eval_sets:
         raise ValueError(f"eval_sets must contain the selection split {selection_split!r}.")
     if not any(m == 0 for m in margins) or not any(m > 0 for m in margins):
         raise ValueError(f"margins needs 0 (CE) and at least one value > 0 (MMS), got {margins}.")
-    train_for = train if callable(train) else (lambda _seed: train)
     evaluator = Evaluator(bundle, eval_sets)
+    for name in eval_sets:  # prepared once here, not in every trial's process
+        evaluator.pixels(name)
+    inputs = TrialInputs(bundle, train, evaluator, tuple(betas), ema_decay, batch_size)
+    # Finished trials are saved only when the caller names the experiment within its study.
+    journal = (
+        None
+        if journal_key is None
+        else [journal_key, bundle.fingerprint, {k: v.fingerprint for k, v in eval_sets.items()}]
+    )
     done: dict[TrialConfig, list[dict[str, Any]]] = {}
 
     grid_configs = [
         TrialConfig(int(t), float(lr), float(m), int(seeds[0]))
         for t, lr, m in itertools.product(steps, lrs, margins)
     ]
-
-    def trial(config: TrialConfig, **subset: Any) -> list[dict[str, Any]]:
-        return run_trial(
-            bundle,
-            train_for(config.seed),
-            evaluator,
-            config,
-            betas=betas,
-            ema_decay=ema_decay,
-            batch_size=batch_size,
-            **subset,
-        )
-
-    for config in tqdm(grid_configs, desc="grid (seed 0)", disable=not progress, leave=False):
-        done[config] = trial(config)
+    grid_runs = executor.map_trials(
+        clipood_trial,
+        [{"config": c.__dict__} for c in grid_configs],
+        inputs,
+        desc="grid (seed 0)",
+        progress=progress,
+        journal=journal,
+    )
+    done.update(zip(grid_configs, grid_runs, strict=True))
     grid = pd.DataFrame([r for c in grid_configs for r in done[c]])
     scores = grid.set_index(["steps", "lr", "margin", "member", "split"])["accuracy"]
 
@@ -323,10 +360,15 @@ def run_experiment(
         for s in seeds[1:]
         for (t, lr, m), members in needed.items()
     ]
-    for config, members in tqdm(
-        extra, desc="selected settings, other seeds", disable=not progress, leave=False
-    ):
-        done[config] = trial(config, members=members, splits=report)
+    extra_runs = executor.map_trials(
+        clipood_trial,
+        [{"config": c.__dict__, "members": m, "splits": report} for c, m in extra],
+        inputs,
+        desc="selected settings, other seeds",
+        progress=progress,
+        journal=journal,
+    )
+    done.update(zip((c for c, _ in extra), extra_runs, strict=True))
 
     rows = []
     for method, (config, member) in selected.items():
@@ -582,6 +624,7 @@ def _leave_one_domain_out(
             {"val": split.val, "test": split.test},
             seeds=seeds,
             progress=False,
+            journal_key=["leave one domain out", bench.name, held_out, split.train.fingerprint],
             **grid_settings,
         )
         out["grids"][key], out["selected"][key] = exp.grid, exp.selected
@@ -630,6 +673,7 @@ def _base_to_new(
             seeds=seeds,
             methods=METHODS,
             progress=False,
+            journal_key=["base to new", dataset, base.train.fingerprint, shots],
             **grid_settings,
         )
         records += [{"dataset": dataset, **r} for r in exp.results.to_dict("records")]

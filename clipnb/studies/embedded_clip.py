@@ -510,6 +510,8 @@ def numbers(results: EmbeddedClipResults) -> dict[str, float]:
         "peak_matrix": pretrain.PEAK_MATRIX_SIZE,
         "twin_minutes": results.twin.seconds / 60,
         "twin_steps": len(results.twin.losses),
+        "twin_lr": config.supervised_lr,
+        "clip_lr": config.lr,
     }
     for key, value in results.recall.items():
         out[key.replace("@", "").replace("_to_", "2")] = value

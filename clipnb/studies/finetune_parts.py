@@ -21,7 +21,6 @@ import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any
 
 import matplotlib.figure
@@ -30,9 +29,8 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
-from clipnb.core import report
+from clipnb.core import executor, report
 from clipnb.core.evaluation import accuracy, select_on_validation
 from clipnb.core.features import encode_images, encode_texts, image_tensors, text_features
 from clipnb.core.imagesets import DatasetSplits, ImageSet, few_shot, mask_geometry
@@ -153,63 +151,163 @@ class SplitScorer:
         return accuracy(self.image @ self.text.T, self.labels)
 
 
+@dataclass
+class SelectionInputs:
+    """What every selection run reads (shared by the trials, sent to Ray's object store once).
+
+    ``train[role]`` is the role's training split and ``shots[role]`` its representative shot count
+    (each seed draws its own few-shot set); ``val[role]`` scores the runs.
+    """
+
+    bundle: ClipBundle
+    train: dict[str, ImageSet]
+    shots: dict[str, int]
+    val: dict[str, SplitScorer]
+    batch_size: int
+
+
+def selection_trial(spec: dict[str, Any], inputs: SelectionInputs) -> list[dict[str, Any]]:
+    """One selection run: ``spec`` (role, part, lr, seed, steps, every) trained on the seed's
+    few-shot draw to ``steps`` steps, scored on validation every ``every`` steps."""
+    role, part, seed = spec["dataset"], spec["part"], int(spec["seed"])
+    val = inputs.val[role]
+    k = inputs.shots[role]
+    subset = few_shot(inputs.train[role], k, seed) if k else inputs.train[role]
+    seed_everything(seed)
+    result = finetune(
+        inputs.bundle,
+        part,
+        subset,
+        val.prompts,
+        steps=int(spec["steps"]),
+        lr=float(spec["lr"]),
+        batch_size=inputs.batch_size,
+        seed=seed,
+        features=frozen_features(inputs.bundle, part, subset),
+        evaluator=lambda model: {"val": val.accuracy(model, part)},
+        eval_every=int(spec["every"]),
+        fused=True,
+    )
+    return [
+        {"dataset": role, "part": part, "lr": float(spec["lr"]), "steps": step, "seed": seed}
+        | {"val": scores["val"]}
+        for step, scores in result.evals
+    ]
+
+
+def selection_records(
+    inputs: SelectionInputs,
+    parts: Mapping[str, Sequence[str]],
+    lrs: Mapping[str, Sequence[float]],
+    step_grid: Sequence[int],
+    seeds: Sequence[int],
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Every (role, part, lr, seed) selection run as one sweep of trials; one record per step count.
+
+    One run per (lr, seed) of ``max(step_grid)`` steps, scored on validation at every step count of
+    the grid (the run to fewer steps is the same run stopped earlier).
+    """
+    steps_sorted = sorted({int(s) for s in step_grid})
+    every = math.gcd(*steps_sorted)
+    specs = [
+        {"dataset": role, "part": part, "lr": float(lr), "seed": int(seed)}
+        | {"steps": steps_sorted[-1], "every": every}
+        for role, role_parts in parts.items()
+        for part in role_parts
+        for lr in lrs[part]
+        for seed in seeds
+    ]
+    runs = executor.map_trials(
+        selection_trial,
+        specs,
+        inputs,
+        desc="choose schedules on validation",
+        progress=progress,
+        journal=_journal_key(
+            inputs.bundle, inputs.train, inputs.val, inputs.batch_size, inputs.shots
+        ),
+    )
+    return [r for run in runs for r in run if r["steps"] in steps_sorted]
+
+
+def best_setting(records: Sequence[Mapping[str, Any]]) -> Setting:
+    """The (lr, steps) with the best mean validation accuracy over seeds (first best in order)."""
+    frame = pd.DataFrame.from_records(list(records))
+    means = frame.groupby(["lr", "steps"], sort=False)["val"].mean()
+    candidates = [Setting(float(lr), int(steps)) for lr, steps in means.index]
+    best, _ = select_on_validation(candidates, lambda c: float(means[(c.lr, c.steps)]))
+    return best
+
+
 def select_setting(
     bundle: ClipBundle,
     part: str,
-    train: ImageSet | Callable[[int], ImageSet],
+    train: ImageSet,
     val: SplitScorer,
     lrs: Sequence[float],
     step_grid: Sequence[int],
     *,
+    shots: int = 0,
     seeds: Sequence[int] = (0,),
     batch_size: int = 16,
+    progress: bool = False,
 ) -> tuple[Setting, list[dict[str, Any]]]:
     """The (lr, steps) of ``part`` with the best mean validation accuracy over ``seeds``.
 
-    One run per (lr, seed) of ``max(step_grid)`` steps, scored on ``val`` at every step count of
-    the grid (the run to fewer steps is the same run stopped earlier). ``train`` is the few-shot
-    training set of the representative shot count for each seed: a callable ``seed -> ImageSet``
-    is also accepted. Returns the chosen setting and one record per candidate and seed.
+    Each seed trains on its ``shots``-per-class draw of ``train`` (``shots=0``: all of ``train``).
+    Returns the chosen setting and one record per candidate and seed.
     """
-    steps_sorted = sorted({int(s) for s in step_grid})
-    every = math.gcd(*steps_sorted)
-    records: list[dict[str, Any]] = []
-    for lr in lrs:
-        for seed in seeds:
-            subset = train(seed) if callable(train) else train
-            seed_everything(seed)
-            result = finetune(
-                bundle,
-                part,
-                subset,
-                val.prompts,
-                steps=steps_sorted[-1],
-                lr=float(lr),
-                batch_size=batch_size,
-                seed=seed,
-                features=frozen_features(bundle, part, subset),
-                evaluator=lambda model: {"val": val.accuracy(model, part)},
-                eval_every=every,
-                fused=True,
-            )
-            by_step = {step: scores["val"] for step, scores in result.evals}
-            records += [
-                {"part": part, "lr": float(lr), "steps": s, "seed": seed, "val": by_step[s]}
-                for s in steps_sorted
-            ]
-    candidates = [Setting(float(lr), s) for lr in lrs for s in steps_sorted]
-
-    def val_score(c: Setting) -> float:
-        return float(
-            np.mean([r["val"] for r in records if r["lr"] == c.lr and r["steps"] == c.steps])
-        )
-
-    best, _ = select_on_validation(candidates, val_score)
-    return best, records
+    inputs = SelectionInputs(bundle, {"data": train}, {"data": shots}, {"data": val}, batch_size)
+    records = selection_records(
+        inputs, {"data": [part]}, {part: lrs}, step_grid, seeds, progress=progress
+    )
+    records = [{k: v for k, v in r.items() if k != "dataset"} for r in records]
+    return best_setting(records), records
 
 
-#: ``on_model(model, part, shots, seed) -> extra record fields`` (e.g. a :class:`CamProbe`).
-ModelHook = Callable[[nn.Module, str, int, int], dict[str, Any] | None]
+@dataclass
+class SweepInputs:
+    """What every sweep run reads: the model, per role the train split, test scorer, CAM probe."""
+
+    bundle: ClipBundle
+    train: dict[str, ImageSet]
+    test: dict[str, SplitScorer]
+    probes: dict[str, CamProbe | None]
+    batch_size: int
+
+
+def sweep_trial(
+    spec: dict[str, Any], inputs: SweepInputs
+) -> tuple[dict[str, Any], CamMeasurement | None]:
+    """One sweep run: ``spec`` (role, part, shots, seed, lr, steps) finetuned on the seed's
+    few-shot draw, scored once on test, measured by the role's probe (maps returned, not kept)."""
+    role, part = spec["dataset"], spec["part"]
+    k, seed = int(spec["shots"]), int(spec["seed"])
+    test = inputs.test[role]
+    start = time.perf_counter()
+    subset = few_shot(inputs.train[role], k, seed)
+    seed_everything(seed)
+    result = finetune(
+        inputs.bundle,
+        part,
+        subset,
+        test.prompts,
+        steps=int(spec["steps"]),
+        lr=float(spec["lr"]),
+        batch_size=inputs.batch_size,
+        seed=seed,
+        features=frozen_features(inputs.bundle, part, subset),
+        fused=True,
+    )
+    record = {"part": part, "shots": k, "seed": seed}
+    record["accuracy"] = test.accuracy(result.bundle.model, part)
+    record["seconds"] = time.perf_counter() - start
+    probe = inputs.probes.get(role)
+    if probe is None:
+        return record, None
+    measured = probe.measure(result.bundle.model, part, k, seed)
+    return record | measured.fields, measured
 
 
 def sweep_part(
@@ -222,43 +320,69 @@ def sweep_part(
     test: SplitScorer,
     *,
     batch_size: int = 16,
-    on_model: ModelHook | None = None,
+    probe: CamProbe | None = None,
     progress: bool = True,
 ) -> list[dict[str, Any]]:
     """Finetune ``part`` with ``setting`` on every ``shots``-per-class draw of every seed.
 
-    Each finetuned model is scored once on ``test`` and handed to ``on_model``; only the records
-    are kept. Records: part, shots, seed, accuracy (%), seconds (training + scoring).
+    Each finetuned model is scored once on ``test`` and measured by ``probe``, which keeps the
+    figure maps; only the records are returned. Records: part, shots, seed, accuracy (%),
+    seconds (training + scoring) and the probe's fields.
     """
+    inputs = SweepInputs(bundle, {"data": train}, {"data": test}, {"data": probe}, batch_size)
+    records = sweep_records(
+        inputs, {"data": [part]}, {("data", part): setting}, {"data": shots}, seeds, progress
+    )
+    return [{k: v for k, v in r.items() if k != "dataset"} for r in records]
+
+
+def sweep_records(
+    inputs: SweepInputs,
+    parts: Mapping[str, Sequence[str]],
+    settings: Mapping[tuple[str, str], Setting],
+    shots: Mapping[str, Sequence[int]],
+    seeds: Sequence[int],
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Every (role, part, shots, seed) run as one sweep of trials, in that order; each probe
+    keeps the maps of its runs."""
+    specs = [
+        {"dataset": role, "part": part, "shots": int(k), "seed": int(seed)}
+        | {"lr": settings[role, part].lr, "steps": settings[role, part].steps}
+        for role, role_parts in parts.items()
+        for part in role_parts
+        for k in shots[role]
+        for seed in seeds
+    ]
+    runs = executor.map_trials(
+        sweep_trial,
+        specs,
+        inputs,
+        desc="finetune parts",
+        progress=progress,
+        journal=_journal_key(inputs.bundle, inputs.train, inputs.test, inputs.batch_size),
+    )
     records = []
-    grid = [(k, s) for k in shots for s in seeds]
-    for k, seed in tqdm(grid, desc=f"{part}", disable=not progress, leave=False):
-        start = time.perf_counter()
-        seed_everything(seed)
-        subset = few_shot(train, int(k), seed)
-        result = finetune(
-            bundle,
-            part,
-            subset,
-            test.prompts,
-            steps=setting.steps,
-            lr=setting.lr,
-            batch_size=batch_size,
-            seed=seed,
-            features=frozen_features(bundle, part, subset),
-            fused=True,
-        )
-        record = {
-            "part": part,
-            "shots": int(k),
-            "seed": int(seed),
-            "accuracy": test.accuracy(result.bundle.model, part),
-        }
-        record["seconds"] = time.perf_counter() - start
-        if on_model is not None:
-            record |= on_model(result.bundle.model, part, int(k), int(seed)) or {}
-        records.append(record)
+    for spec, (record, measured) in zip(specs, runs, strict=True):
+        if measured is not None:
+            inputs.probes[spec["dataset"]].keep(spec["part"], spec["shots"], spec["seed"], measured)
+        records.append({"dataset": spec["dataset"]} | record)
     return records
+
+
+def _journal_key(
+    bundle: ClipBundle,
+    train: Mapping[str, ImageSet],
+    scorers: Mapping[str, SplitScorer],
+    *fixed: Any,
+) -> list[Any]:
+    # What a run's result depends on besides its spec and the package's code.
+    return [
+        bundle.fingerprint,
+        {role: split.fingerprint for role, split in train.items()},
+        {role: [sc.split.fingerprint, sc.prompts] for role, sc in scorers.items()},
+        *fixed,
+    ]
 
 
 # --------------------------------------------------------------------------------------------
@@ -311,14 +435,25 @@ def cam_spread(cams: np.ndarray) -> np.ndarray:
 
 
 @dataclass
+class CamMeasurement:
+    """What a :class:`CamProbe` measured on one model: record fields and, for the kept seed,
+    the figure maps and the forced-target maps."""
+
+    fields: dict[str, float]
+    maps: np.ndarray | None = None
+    wrong_maps: dict[str, np.ndarray] | None = None
+
+
+@dataclass
 class CamProbe:
     """Grad-CAM measurements on fixed test images, taken on every model of a sweep.
 
-    Called as a :data:`ModelHook`: for ``mass_indices`` (true-class targets) it returns the mean
-    fraction of CAM mass inside the masks (``cam_mass``) and the mean spread (``cam_spread``).
-    For ``keep_seed`` it also keeps the maps of ``figure_indices`` (true class) in ``maps`` and,
-    with a ``wrong_target = (true class, forced class)``, the maps of every test image of the
-    true class for both targets in ``wrong_maps`` (for the forced-wrong-target figure).
+    :meth:`measure` gives, for ``mass_indices`` (true-class targets), the mean fraction of CAM
+    mass inside the masks (``cam_mass``) and the mean spread (``cam_spread``); for ``keep_seed``
+    also the maps of ``figure_indices`` (true class) and, with a ``wrong_target = (true class,
+    forced class)``, the maps of every test image of the true class for both targets. It stores
+    nothing, so a sweep's trials can run in any process; :meth:`keep` files the maps under
+    ``maps`` and ``wrong_maps`` (for the figures).
     """
 
     scorer: SplitScorer
@@ -354,29 +489,44 @@ class CamProbe:
         pixels = self.scorer.pixels[torch.as_tensor(rows)]
         return clip_cams(model, feats.detach(), self.setting, pixels, classes)
 
-    def __call__(
-        self, model: nn.Module, part: str | None, shots: int, seed: int
-    ) -> dict[str, float]:
+    def measure(self, model: nn.Module, part: str | None, shots: int, seed: int) -> CamMeasurement:
+        """The mass and spread of ``model``'s maps; for ``keep_seed`` also the figure maps
+        (and the forced-target maps). Nothing is stored: :meth:`keep` does that."""
         start = time.perf_counter()
         labels = self.scorer.split.labels
         cams = self._cams(model, part, self.mass_indices, labels[self.mass_indices])
-        out = {"cam_spread": float(np.nanmean(cam_spread(cams)))}
+        fields = {"cam_spread": float(np.nanmean(cam_spread(cams)))}
         if self.masks is not None:
-            out["cam_mass"] = float(np.nanmean(cam_mass_in_mask(cams, self.masks)))
+            fields["cam_mass"] = float(np.nanmean(cam_mass_in_mask(cams, self.masks)))
+        measured = CamMeasurement(fields)
         if seed == self.keep_seed:
-            self.maps[(part or "zero-shot", shots)] = self._cams(
+            measured.maps = self._cams(
                 model, part, self.figure_indices, labels[self.figure_indices]
             )
             if self.wrong_target is not None:
-                kept = {}
-                for name, target in zip(("true", "forced"), self.wrong_target, strict=True):
-                    maps = self._cams(
+                measured.wrong_maps = {
+                    name: self._cams(
                         model, part, self.wrong_indices, [target] * len(self.wrong_indices)
                     )
-                    kept[name] = maps
-                self.wrong_maps[(part or "zero-shot", shots)] = kept
-        out["cam_seconds"] = time.perf_counter() - start
-        return out
+                    for name, target in zip(("true", "forced"), self.wrong_target, strict=True)
+                }
+        fields["cam_seconds"] = time.perf_counter() - start
+        return measured
+
+    def keep(self, part: str | None, shots: int, seed: int, measured: CamMeasurement) -> None:
+        """Store the figure maps of a measurement (those of ``keep_seed`` carry them)."""
+        if measured.maps is not None:
+            self.maps[(part or "zero-shot", shots)] = measured.maps
+        if measured.wrong_maps is not None:
+            self.wrong_maps[(part or "zero-shot", shots)] = measured.wrong_maps
+
+    def __call__(
+        self, model: nn.Module, part: str | None, shots: int, seed: int
+    ) -> dict[str, float]:
+        """:meth:`measure` then :meth:`keep`: the record fields of one model, maps kept."""
+        measured = self.measure(model, part, shots, seed)
+        self.keep(part, shots, seed, measured)
+        return measured.fields
 
     def figure_mass(self) -> tuple[float, float]:
         """Mean mass in mask (%) of every kept figure map, and the figure masks' area (%)."""
@@ -627,25 +777,24 @@ def run_selection(
 ) -> Selection:
     """:func:`select_setting` for every role and part, at the role's representative shot count."""
     started, cpu_started = time.perf_counter(), time.process_time()
-    settings, records = {}, []
-    for role, k in zip(setup.roles, selection_shots, strict=True):
-        for part in PARTS:
-            best, recs = select_setting(
-                setup.bundle,
-                part,
-                partial(few_shot, setup.data[role].train, k),
-                setup.val[role],
-                setup.lrs[part],
-                step_grid,
-                seeds=selection_seeds,
-                batch_size=batch_size,
-            )
-            settings[role, part] = best
-            records += [r | {"dataset": role} for r in recs]
+    shots = dict(zip(setup.roles, (int(k) for k in selection_shots), strict=True))
+    train = {role: setup.data[role].train for role in setup.roles}
+    inputs = SelectionInputs(setup.bundle, train, shots, setup.val, batch_size)
+    records = selection_records(
+        inputs, {role: PARTS for role in setup.roles}, setup.lrs, step_grid, selection_seeds
+    )
+    frame = pd.DataFrame.from_records(records)
+    settings = {
+        (role, part): best_setting(
+            frame[(frame["dataset"] == role) & (frame["part"] == part)].to_dict("records")
+        )
+        for role in setup.roles
+        for part in PARTS
+    }
     return Selection(
         settings=settings,
         records=records,
-        shots=dict(zip(setup.roles, (int(k) for k in selection_shots), strict=True)),
+        shots=shots,
         seed=int(selection_seeds[0]),
         seconds=time.perf_counter() - started,
         cpu_seconds=time.process_time() - cpu_started,
@@ -742,28 +891,22 @@ def run_sweep(
     measured by the role's :class:`CamProbe`; the pretrained model is the shots-0 row."""
     probes = make_probes(setup, cam_images, figure_images, wrong_target, seeds[0])
     started, cpu_started = time.perf_counter(), time.process_time()
-    records = []
+    zero_shot = {}
     for role in setup.roles:
-        zero_shot = {"accuracy": setup.test[role].zero_shot()}
-        zero_shot |= probes[role](setup.bundle.model, None, 0, seeds[0])
+        zero_shot[role] = {"accuracy": setup.test[role].zero_shot()}
+        zero_shot[role] |= probes[role](setup.bundle.model, None, 0, seeds[0])
+    train = {role: setup.data[role].train for role in setup.roles}
+    inputs = SweepInputs(setup.bundle, train, setup.test, dict(probes), batch_size)
+    parts = {role: PARTS for role in setup.roles}
+    finetuned = sweep_records(inputs, parts, selection.settings, setup.shots, seeds)
+    records = []
+    for role in setup.roles:  # per part: the pretrained model's rows (shots 0), then its runs
         for part in PARTS:
             records += [
-                {"dataset": role, "part": part, "shots": 0, "seed": s} | zero_shot for s in seeds
+                {"dataset": role, "part": part, "shots": 0, "seed": s} | zero_shot[role]
+                for s in seeds
             ]
-            records += [
-                r | {"dataset": role}
-                for r in sweep_part(
-                    setup.bundle,
-                    part,
-                    selection.settings[role, part],
-                    setup.data[role].train,
-                    setup.shots[role],
-                    seeds,
-                    setup.test[role],
-                    batch_size=batch_size,
-                    on_model=probes[role],
-                )
-            ]
+            records += [r for r in finetuned if r["dataset"] == role and r["part"] == part]
     sweep_seconds = time.perf_counter() - started
     sweep_cpu_seconds = time.process_time() - cpu_started
     digits = probes["mnist"]

@@ -164,6 +164,7 @@ def test_numbers_follow_the_results():
     assert n["pretrain_images_per_s"] == 256 / 420 and n["pool_passes"] == 0.125
     assert n["final_heldout_loss"] == 2.75 and n["chance_loss"] == pytest.approx(np.log(64))
     assert n["twin_minutes"] == 2.0 and n["twin_steps"] == 4.0
+    assert n["twin_lr"] == PretrainConfig().supervised_lr and n["clip_lr"] == PretrainConfig().lr
     assert n["image2text_R1"] == 25.0 and n["text2image_R5"] == 55.0
     assert (n["chance_r1"], n["chance_r5"]) == (100 / 64, 500 / 64)
     assert n["zs_shape_photo"] == _acc(0.95) and n["zs_digit_heldout"] == _acc(0.01)
