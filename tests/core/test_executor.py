@@ -211,3 +211,26 @@ def test_trials_seed_themselves(sweeps) -> None:
     few_shot.few_shot_trial({"shots": 1, "seed": 0}, (task, methods))
     after = few_shot.few_shot_trial({"shots": 2, "seed": 1}, (task, methods))
     assert alone == after
+
+
+@pytest.mark.slow
+def test_studies_run_concurrently_on_ray_with_the_local_numbers(
+    built_book, local_ray, tmp_path, monkeypatch
+) -> None:
+    """Two smoke chapters as concurrent Ray tasks (one notebook per worker, each joining the same
+    Ray for its trials) give the numbers of the sequential, local build of the smoke book."""
+    from clipnb import runner
+
+    monkeypatch.setenv(executor.ENV_EXECUTOR, "ray")
+    monkeypatch.delenv(executor.ENV_RAY_ADDRESS, raising=False)
+    studies = ["few_shot_init", "tip_adapter"]
+    outcomes = runner.run(studies, "smoke", out_dir=tmp_path, concurrent=True)
+    assert [(o.study, o.status) for o in outcomes] == [(s, "ran") for s in studies]
+    local_dir = built_book.parent.parent / "executed"
+    for study in studies:
+        ray_metrics = json.loads((tmp_path / f"{study}.results.json").read_text())["metrics"]
+        local_metrics = json.loads((local_dir / f"{study}.results.json").read_text())["metrics"]
+        timing = {k for k in local_metrics if "minutes" in k or "seconds" in k}
+        ray_numbers = {k: v for k, v in ray_metrics.items() if k not in timing}
+        local_numbers = {k: v for k, v in local_metrics.items() if k not in timing}
+        assert ray_numbers == local_numbers, study
