@@ -453,7 +453,10 @@ def run_study(
     tmp = out_dir / f".{study.name}.running.ipynb"
     start = time.perf_counter()
     status, message = "ok", ""
-    # The kernel inherits this: its sweeps save finished trials under the study's hash.
+    # The kernel inherits this: its sweeps save finished trials under the study's hash, kept
+    # until the study succeeds so that a failed or interrupted run resumes from them.
+    if force:
+        executor.clear_journal(digest)
     previous_key = os.environ.get(executor.ENV_STUDY_KEY)
     os.environ[executor.ENV_STUDY_KEY] = digest
     try:
@@ -506,6 +509,8 @@ def run_study(
     atomic_write_json(
         stamp_path, {"hash": digest if status == "ok" else "", "status": status, "profile": profile}
     )
+    if status == "ok":
+        executor.clear_journal(digest)
     return Outcome(study.name, "ran" if status == "ok" else "failed", seconds, message)
 
 

@@ -300,3 +300,52 @@ def test_strip_progress_keeps_prints_and_warnings_only():
         ("stderr", "WARNING:root:random init\n"),
         ("stdout", "memes: 64 train\n"),
     ]
+
+
+SWEEP = """# %% tags=["parameters"]
+profile = "embedded"
+flag = ""
+log = ""
+
+# %%
+import os
+
+from clipnb.core import executor
+
+
+def trial(spec, shared):
+    with open(log, "a") as fh:
+        fh.write(f"{spec}\\n")
+    if spec == 3 and os.path.exists(flag):
+        raise RuntimeError("trial 3 fails while the flag exists")
+    return spec * 10
+
+
+executor.map_trials(trial, [1, 2, 3, 4], None, journal="sweep", progress=False)
+"""
+
+
+def test_a_failed_study_resumes_from_its_finished_trials(fake_studies, tmp_path, monkeypatch):
+    from clipnb.core import executor
+
+    (runner.notebooks_dir() / "second.py").write_text(SWEEP)
+    flag, log = tmp_path / "flag", tmp_path / "log.txt"
+    flag.touch()
+    params = {"flag": str(flag), "log": str(log)}
+    digest = runner.resolve(registry.STUDIES[1], "smoke", params)[2]
+    failed = runner.run(["second"], "smoke", params, out_dir=fake_studies)[0]
+    assert failed.status == "failed" and "trial 3 fails" in failed.message
+    assert log.read_text().split() == ["1", "2", "3"]
+    assert len(list(executor.journal_dir(digest).rglob("*.pkl"))) == 2
+    # The same study again: only the failed trial and the one never started run.
+    flag.unlink()
+    log.unlink()
+    assert runner.run(["second"], "smoke", params, out_dir=fake_studies)[0].status == "ran"
+    assert log.read_text().split() == ["3", "4"]
+    assert not executor.journal_dir(digest).exists(), "a finished study forgets its trials"
+    # A forced re-run computes every trial again.
+    log.unlink()
+    assert (
+        runner.run(["second"], "smoke", params, out_dir=fake_studies, force=True)[0].status == "ran"
+    )
+    assert log.read_text().split() == ["1", "2", "3", "4"]

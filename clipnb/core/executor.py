@@ -17,7 +17,8 @@ Results are identical across executors because every trial seeds itself from its
 from the order it runs in) and computes with the same number of threads wherever it runs
 (:func:`trial_threads`: float sums in matrix products depend on how many threads share them). With a ``journal`` key, each finished trial is saved as it finishes:
 when a trial fails, :class:`TrialError` names its spec and the worker's traceback, the finished
-ones stay on disk, and the next call with the same key runs only the missing trials.
+ones stay on disk, and the next call with the same key runs only the missing trials. The runner
+forgets a study's trials once the study has finished (and before a forced re-run).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from __future__ import annotations
 import os
 import pickle
 import re
+import shutil
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -41,6 +43,8 @@ __all__ = [
     "ExecutorChoice",
     "TrialError",
     "choice",
+    "clear_journal",
+    "journal_dir",
     "map_trials",
     "ray_resources",
     "trial_threads",
@@ -134,12 +138,23 @@ def package_source_hash() -> str:
     return stable_hash([(str(f.relative_to(PACKAGE_DIR)), f.read_text()) for f in files])
 
 
+def journal_dir(study_key: str) -> Path:
+    """Where a study's finished trials are kept (until the study finishes: see the runner)."""
+    return cache_dir() / "trials" / study_key
+
+
+def clear_journal(study_key: str) -> None:
+    """Forget a study's finished trials (after it succeeded, or before a forced re-run)."""
+    shutil.rmtree(journal_dir(study_key), ignore_errors=True)
+
+
 class _Journal:
     """Finished trials of one sweep on disk, one file per trial (written atomically)."""
 
-    def __init__(self, key: Any, fn: Callable[..., Any]) -> None:
+    def __init__(self, study_key: str, key: Any, fn: Callable[..., Any]) -> None:
         name = f"{fn.__module__}.{getattr(fn, '__qualname__', repr(fn))}"
-        self.root = cache_dir() / "trials" / stable_hash([key, name, package_source_hash()])
+        sweep = stable_hash([key, name, package_source_hash()])
+        self.root = journal_dir(study_key) / sweep
 
     def _path(self, spec: Any) -> Path:
         return self.root / f"{stable_hash(spec)}.pkl"
@@ -189,7 +204,7 @@ def map_trials(
     """
     executor = executor or choice()
     study = os.environ.get(ENV_STUDY_KEY, "")
-    store = _Journal([study, journal], fn) if journal is not None and study else _NoJournal()
+    store = _Journal(study, journal, fn) if journal is not None and study else _NoJournal()
     results: list[Any] = [None] * len(specs)
     pending = []
     for i, spec in enumerate(specs):

@@ -40,6 +40,7 @@ from sklearn.metrics import roc_auc_score
 from torch import nn
 from tqdm.auto import tqdm
 
+from clipnb.core import executor
 from clipnb.core.evaluation import accuracy, fit_linear_probe, select_on_validation
 from clipnb.core.features import encode_images, encode_texts, image_tensors, text_features
 from clipnb.core.imagesets import DatasetSplits, ImageSet
@@ -731,48 +732,208 @@ class Results:
 
 
 @dataclass
-class _Chapter:
-    """What experiments 1–3 share: the data, how a run trains, and what every model scored.
+class MemeInputs:
+    """What every finetuning run of the chapter reads (sent to Ray's object store once).
 
-    ``n_runs`` counts the finetuning runs (the chapter reports it).
+    ``aux_all``, ``chain`` and ``reference`` feed experiments 2 and 3 (``None`` without them);
+    ``linked`` and ``unlinked`` are the chain sentences whose target share is measured.
     """
 
     bundle: ClipBundle
     data: DatasetSplits
     setting: CamSetting
-    seeds: list[int]
+    keep_seed: int
     steps: int
     eval_every: int
     pairs_per_step: int
     rows_cam: dict[str, np.ndarray]
-    progress: bool
+    aux_all: ImageSet | None = None
+    chain: Sequence[str] | None = None
+    chain_batch: int = 0
+    reference: FrozenReference | None = None
+    linked: list[str] = field(default_factory=list)
+    unlinked: list[str] = field(default_factory=list)
+
+
+@dataclass
+class MemeRun:
+    """What one finetuning run gives the chapter: its test numbers (:func:`measure`), the
+    first seed's CAM maps, the chosen step and its validation AUROC, and the target shares."""
+
+    metrics: list[dict]
+    masses: list[dict]
+    maps: dict[str, np.ndarray]
+    chosen_step: int
+    best_val: float
+    shares: dict[str, float] | None = None
+
+
+def meme_trial(spec: dict[str, Any], inputs: MemeInputs) -> MemeRun:
+    """One seeded finetuning run: ``spec`` names the part, prompt family, lr, seed, the number of
+    alignment images per emblem (``n_aux``), whether the chain is self-learned, and whether to
+    measure the chain sentences' target shares."""
+    seed, n_aux = int(spec["seed"]), int(spec["n_aux"])
+    extra: dict[str, Any] = {}
+    if n_aux:
+        extra["aux"] = memes.first_per_emblem(inputs.aux_all, n_aux)
+    if spec["self_learning"]:
+        extra |= {"chain": inputs.chain, "chain_batch": inputs.chain_batch}
+        extra["reference"] = inputs.reference
+    seed_everything(seed)
+    run = finetune_memes(
+        inputs.bundle, spec["part"], inputs.data.train, inputs.data.val,
+        templates=PROMPT_FAMILIES[spec["family"]], steps=inputs.steps, lr=float(spec["lr"]),
+        seed=seed, eval_every=inputs.eval_every, pairs_per_step=inputs.pairs_per_step, **extra,
+    )  # fmt: skip
+    metrics, masses, maps = measure(
+        run.classifier, inputs.data.test, inputs.rows_cam, inputs.setting
+    )
+    shares = None
+    if spec["shares"]:
+        model = run.classifier.bundle
+        shares = {
+            "linked (trained)": target_share(model, inputs.reference, inputs.linked),
+            "not linked (never seen)": target_share(model, inputs.reference, inputs.unlinked),
+        }
+    kept = maps if seed == inputs.keep_seed else {}
+    return MemeRun(metrics, masses, kept, run.chosen_step, run.best_val, shares)
+
+
+def _spec(
+    part: str, family: str, lr: float, seed: int, n_aux: int = 0, self_learning: bool = False
+) -> dict[str, Any]:
+    return {"part": part, "family": family, "lr": float(lr), "seed": int(seed)} | {
+        "n_aux": int(n_aux),
+        "self_learning": self_learning,
+        "shares": False,
+    }
+
+
+@dataclass
+class _Ledger:
+    """Every model's test numbers, in the order the chapter tells them."""
+
+    keep_seed: int
     records: list[dict] = field(default_factory=list)
     masses: list[dict] = field(default_factory=list)
     example_maps: dict[tuple[str, str, int], dict[str, np.ndarray]] = field(default_factory=dict)
-    n_runs: int = 0
 
-    def finetune(
-        self, part: str, templates: Sequence[str], lr: float, seed: int, **extra
-    ) -> MemeTraining:
-        """One finetuning run of the chapter's settings, seeded (every run draws the same way)."""
-        self.n_runs += 1
-        seed_everything(seed)
-        return finetune_memes(
-            self.bundle, part, self.data.train, self.data.val, templates=templates,
-            steps=self.steps, lr=lr, seed=seed, eval_every=self.eval_every,
-            pairs_per_step=self.pairs_per_step, progress=self.progress, **extra,
-        )  # fmt: skip
-
-    def record(
-        self, experiment: str, stage: str, n_aux: int, seed: int, clf: MemeClassifier
+    def add(
+        self, experiment: str, stage: str, n_aux: int, seed: int, measured: tuple | MemeRun
     ) -> None:
-        """Score a final model on the test memes (metrics, CAM masses, the first seed's maps)."""
-        metrics, cam, maps = measure(clf, self.data.test, self.rows_cam, self.setting)
+        """File a model's ``(metrics, masses, maps)`` (or a :class:`MemeRun`'s)."""
+        if isinstance(measured, MemeRun):
+            measured = (measured.metrics, measured.masses, measured.maps)
+        metrics, cam, maps = measured
         keys = {"experiment": experiment, "stage": stage, "n": n_aux, "seed": seed}
         self.records.extend(keys | r for r in metrics)
         self.masses.extend(keys | r for r in cam)
-        if seed == self.seeds[0]:
+        if seed == self.keep_seed:
             self.example_maps[(experiment, stage, n_aux)] = maps
+
+
+def _experiments(
+    inputs: MemeInputs,
+    ledger: _Ledger,
+    seeds: Sequence[int],
+    lrs: Sequence[float],
+    aux_counts: Sequence[int],
+    progress: bool,
+) -> tuple[dict[str, float], list[int], pd.DataFrame, int]:
+    """Experiments 1–3 as two sweeps of trials: the learning rates on the first seed, then every
+    other run. Returns the chosen learning rates, each experiment-1 run's chosen step, the target
+    shares and the number of finetuning runs.
+
+    Experiment 1: zero-shot, then either encoder finetuned with each family of prompts; each
+    encoder's learning rate is the one whose first-seed run with the caption prompts has the best
+    validation AUROC, and the shared prompts reuse it. Experiment 2: the text encoder with ``n``
+    alignment images per emblem (``n = 0``: the experiment-1 run). Experiment 3: self-learning
+    against a frozen copy, with ``n`` alignment images; the target shares are measured on each
+    seed's run with the most alignment images.
+    """
+    journal = [
+        inputs.bundle.fingerprint,
+        inputs.data.train.fingerprint,
+        inputs.data.test.fingerprint,
+    ]
+    parts = ("image_encoder", "text_encoder")
+    choice_specs = [_spec(part, "caption", lr, seeds[0]) for part in parts for lr in lrs]
+    choice_runs = executor.map_trials(
+        meme_trial, choice_specs, inputs, desc="memes: learning rates", progress=progress,
+        journal=journal,
+    )  # fmt: skip
+    chosen_lr, chosen = {}, {}
+    for part in parts:
+        tried = {
+            spec["lr"]: run
+            for spec, run in zip(choice_specs, choice_runs, strict=True)
+            if spec["part"] == part
+        }
+        chosen_lr[part], _ = select_on_validation(
+            list(lrs), lambda lr, tried=tried: tried[float(lr)].best_val
+        )
+        chosen[part] = tried[float(chosen_lr[part])]
+    plain = [
+        (family, part, seed) for family in ("caption", "shared") for part in parts for seed in seeds
+    ]
+    lr_text = chosen_lr["text_encoder"]
+    have_aux = inputs.aux_all is not None
+    specs = [
+        _spec(part, family, chosen_lr[part], seed)
+        for family, part, seed in plain
+        if not (family == "caption" and seed == seeds[0])
+    ]
+    if have_aux:
+        specs += [
+            _spec("text_encoder", "caption", lr_text, seed, n_aux)
+            for n_aux in aux_counts
+            if n_aux
+            for seed in seeds
+        ]
+        specs += [
+            _spec("text_encoder", "caption", lr_text, seed, n_aux, self_learning=True)
+            | {"shares": bool(inputs.linked) and n_aux == max(aux_counts)}
+            for n_aux in aux_counts
+            for seed in seeds
+        ]
+    runs = executor.map_trials(
+        meme_trial, specs, inputs, desc="memes: finetuning runs", progress=progress,
+        journal=journal,
+    )  # fmt: skip
+    by_key = {
+        (s["part"], s["family"], s["seed"], s["n_aux"], s["self_learning"]): run
+        for s, run in zip(specs, runs, strict=True)
+    }
+    for part in parts:  # the first seed's caption runs are the chosen learning-rate runs
+        by_key[(part, "caption", seeds[0], 0, False)] = chosen[part]
+
+    chosen_steps = []
+    for family in ("caption", "shared"):
+        zero_shot = MemeClassifier(inputs.bundle, PROMPT_FAMILIES[family], inputs.bundle)
+        ledger.add(
+            "1", f"zero-shot · {family} prompts", 0, seeds[0],
+            measure(zero_shot, inputs.data.test, inputs.rows_cam, inputs.setting),
+        )  # fmt: skip
+        for part in parts:
+            for seed in seeds:
+                run = by_key[(part, family, seed, 0, False)]
+                stage = f"{part.replace('_', ' ')} · {family} prompts"
+                ledger.add("1", stage, 0, seed, run)
+                chosen_steps.append(run.chosen_step)
+    shares = []
+    if have_aux:
+        for n_aux in aux_counts:
+            for seed in seeds:
+                run = by_key[("text_encoder", "caption", seed, n_aux, False)]
+                ledger.add("2", "memes + alignment", n_aux, seed, run)
+        for n_aux in aux_counts:
+            for seed in seeds:
+                run = by_key[("text_encoder", "caption", seed, n_aux, True)]
+                ledger.add("3", "memes + self-learning + alignment", n_aux, seed, run)
+                if run.shares is not None:
+                    shares.append({"seed": seed, **run.shares})
+    frame = pd.DataFrame.from_records(shares, columns=SHARE_COLUMNS)
+    return chosen_lr, chosen_steps, frame, len(choice_specs) + len(specs)
 
 
 def _auxiliary(
@@ -837,97 +998,6 @@ def _probes(
     return rows
 
 
-def _plain_finetuning(
-    chapter: _Chapter, lrs: Sequence[float]
-) -> tuple[dict[str, float], dict[tuple[str, str, int], MemeTraining]]:
-    """Experiment 1: zero-shot, then either encoder finetuned, with each family of prompts.
-
-    The learning rate of each encoder is the one whose first-seed run with the caption prompts
-    has the best validation AUROC; the shared prompts reuse it.
-    """
-    seeds, bundle = chapter.seeds, chapter.bundle
-    runs, chosen_lr = {}, {}
-    for family in ("caption", "shared"):
-        templates = PROMPT_FAMILIES[family]
-        zero_shot = MemeClassifier(bundle, templates, bundle)
-        chapter.record("1", f"zero-shot · {family} prompts", 0, seeds[0], zero_shot)
-        for part in ("image_encoder", "text_encoder"):
-            trials = {}
-            if family == "caption":
-                trials = {lr: chapter.finetune(part, templates, lr, seeds[0]) for lr in lrs}
-                best_val = {lr: trial.best_val for lr, trial in trials.items()}
-                chosen_lr[part], _ = select_on_validation(lrs, best_val.__getitem__)
-            lr = chosen_lr[part]
-            for seed in seeds:
-                run = trials.get(lr) if seed == seeds[0] else None
-                run = run or chapter.finetune(part, templates, lr, seed)
-                runs[(family, part, seed)] = run
-                stage = f"{part.replace('_', ' ')} · {family} prompts"
-                chapter.record("1", stage, 0, seed, run.classifier)
-    return chosen_lr, runs
-
-
-def _alignment(
-    chapter: _Chapter,
-    plain: dict[tuple[str, str, int], MemeTraining],
-    aux_all: ImageSet,
-    aux_counts: Sequence[int],
-    lr: float,
-) -> None:
-    """Experiment 2: the text encoder with ``n`` alignment images per emblem (``n = 0``: the
-    experiment-1 run with the caption prompts)."""
-    for n_aux in aux_counts:
-        for seed in chapter.seeds:
-            if n_aux == 0:
-                run = plain[("caption", "text_encoder", seed)]
-            else:
-                aux = memes.first_per_emblem(aux_all, n_aux)
-                run = chapter.finetune("text_encoder", CAPTION_TEMPLATES, lr, seed, aux=aux)
-            chapter.record("2", "memes + alignment", n_aux, seed, run.classifier)
-
-
-def _self_learning(
-    chapter: _Chapter,
-    aux_all: ImageSet,
-    chain_spec: memes.ChainSpec,
-    aux_counts: Sequence[int],
-    lr: float,
-    chain_batch: int,
-    links: memes.LinkWorld | None,
-) -> pd.DataFrame:
-    """Experiment 3: self-learning against a frozen copy, with ``n`` alignment images per emblem.
-
-    Returns, per seed of the whole pipeline (most auxiliary images), the share of chain sentences
-    of the test-only words put nearest "hateful": with their concept (trained) and with the three
-    concepts they are not linked to (never seen). Empty without the generated memes.
-    """
-    reference = FrozenReference(chapter.bundle, chain_spec.anchors)
-    test_words = links.words_for("test") if links is not None else []
-    linked = links.chain_sentences(test_words) if links is not None else []
-    unlinked = (
-        [q for k in (1, 2, 3) for q in links.chain_sentences(test_words, shift=k)]
-        if links is not None
-        else []
-    )
-    shares = []
-    for n_aux in aux_counts:
-        for seed in chapter.seeds:
-            aux = memes.first_per_emblem(aux_all, n_aux) if n_aux else None
-            run = chapter.finetune(
-                "text_encoder", CAPTION_TEMPLATES, lr, seed, aux=aux,
-                chain=chain_spec.sentences, chain_batch=chain_batch, reference=reference,
-            )  # fmt: skip
-            chapter.record("3", "memes + self-learning + alignment", n_aux, seed, run.classifier)
-            if links is not None and n_aux == max(aux_counts):
-                model = run.classifier.bundle
-                shares.append({
-                    "seed": seed,
-                    "linked (trained)": target_share(model, reference, linked),
-                    "not linked (never seen)": target_share(model, reference, unlinked),
-                })  # fmt: skip
-    return pd.DataFrame.from_records(shares, columns=SHARE_COLUMNS)
-
-
 def _split_sizes(data: DatasetSplits) -> pd.DataFrame:
     """How many memes each split holds (the table of a dataset without generated links)."""
     splits = (data.train, data.val, data.test)
@@ -963,8 +1033,9 @@ def run(
 ) -> Results:
     """The whole chapter, in the order it tells it: the memes, the probes, experiments 1–3.
 
-    Takes the notebook's parameters. Every finetuning run is seeded with its own seed, and the
-    runs happen in a fixed order, so the numbers do not depend on anything else.
+    Takes the notebook's parameters. Every finetuning run is a trial of
+    :func:`clipnb.core.executor.map_trials` seeded with its own seed, so the numbers do not depend
+    on the order the runs happen in, nor on the process (or Ray worker) that runs them.
     """
     seeds, aux_counts, cam_counts = list(seeds), list(aux_counts), list(cam_counts)
     seed_everything(seeds[0])
@@ -986,20 +1057,25 @@ def run(
     examples, titles = _example_memes(test, synthetic)
     probes = _probes(bundle, data, synthetic, groups)
     rows_cam = cam_rows(test, cam_memes)
-    chapter = _Chapter(
-        bundle, data, validation.setting, seeds, steps, eval_every, pairs_per_step, rows_cam,
-        progress,
-    )  # fmt: skip
-    chosen_lr, plain = _plain_finetuning(chapter, lrs)
     have_aux = aux_all is not None
-    shares = pd.DataFrame.from_records([], columns=SHARE_COLUMNS)
+    inputs = MemeInputs(
+        bundle, data, validation.setting, seeds[0], steps, eval_every, pairs_per_step, rows_cam,
+    )  # fmt: skip
     if have_aux:
-        lr_text = chosen_lr["text_encoder"]
-        _alignment(chapter, plain, aux_all, aux_counts, lr_text)
-        shares = _self_learning(
-            chapter, aux_all, chain_spec, aux_counts, lr_text, chain_batch, links
-        )
-    masses = pd.DataFrame.from_records(chapter.masses)
+        inputs.aux_all, inputs.chain_batch = aux_all, chain_batch
+        inputs.chain = chain_spec.sentences
+        inputs.reference = FrozenReference(bundle, chain_spec.anchors)
+        if links is not None:
+            test_words = links.words_for("test")
+            inputs.linked = links.chain_sentences(test_words)
+            inputs.unlinked = [
+                q for k in (1, 2, 3) for q in links.chain_sentences(test_words, shift=k)
+            ]
+    ledger = _Ledger(seeds[0])
+    chosen_lr, chosen_steps, shares, n_runs = _experiments(
+        inputs, ledger, seeds, lrs, aux_counts, progress
+    )
+    masses = pd.DataFrame.from_records(ledger.masses)
     if not len(masses):  # no masks (full profile): the maps only
         masses = pd.DataFrame(columns=MASS_COLUMNS)
     masses[["emblem mass", "text mass"]] *= 100
@@ -1013,11 +1089,11 @@ def run(
         test_labels={g: test.labels[m] for g, m in groups.items()},
         probes=probes,
         chosen_lr=chosen_lr,
-        chosen_steps=[r.chosen_step for r in plain.values()],
-        records=pd.DataFrame.from_records(chapter.records),
+        chosen_steps=chosen_steps,
+        records=pd.DataFrame.from_records(ledger.records),
         masses=masses,
         shares=shares,
-        n_runs=chapter.n_runs,
+        n_runs=n_runs,
         n_train=len(train),
         cam_memes_used=max(len(r) for r in rows_cam.values()),
         cam_grid=bundle.model.visual.grid_size[0],
@@ -1028,7 +1104,7 @@ def run(
         links=links.table() if links is not None else _split_sizes(data),
         examples=examples,
         example_titles=titles,
-        example_maps=chapter.example_maps,
+        example_maps=ledger.example_maps,
         cam_memes={
             g: _meme_image(bundle, test, int(rows_cam[g][0]))
             for g in dict.fromkeys((cam_group, main_group))
