@@ -30,13 +30,12 @@ import shutil
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
 
-from clipnb.core.utils import PACKAGE_DIR, atomic_write_bytes, cache_dir, stable_hash
+from clipnb.core.utils import atomic_write_bytes, cache_dir, stable_hash
 
 __all__ = [
     "EXECUTORS",
@@ -131,13 +130,6 @@ def use(name: str, address: str | None = None) -> ExecutorChoice:
 # --------------------------------------------------------------------------------------- journal
 
 
-@cache
-def package_source_hash() -> str:
-    """A hash of the package's code and model configs: any edit invalidates every journal."""
-    files = sorted([*PACKAGE_DIR.rglob("*.py"), *PACKAGE_DIR.rglob("*.json")])
-    return stable_hash([(str(f.relative_to(PACKAGE_DIR)), f.read_text()) for f in files])
-
-
 def journal_dir(study_key: str) -> Path:
     """Where a study's finished trials are kept (until the study finishes: see the runner)."""
     return cache_dir() / "trials" / study_key
@@ -153,7 +145,8 @@ class _Journal:
 
     def __init__(self, study_key: str, key: Any, fn: Callable[..., Any]) -> None:
         name = f"{fn.__module__}.{getattr(fn, '__qualname__', repr(fn))}"
-        sweep = stable_hash([key, name, package_source_hash()])
+        # The study key already covers the notebook, its parameters and the code it imports.
+        sweep = stable_hash([key, name])
         self.root = journal_dir(study_key) / sweep
 
     def _path(self, spec: Any) -> Path:

@@ -43,6 +43,7 @@ from clipnb.methods.finetune import (
     IMAGE_PARTS,
     PARTS,
     TEXT_PARTS,
+    FinetuneResult,
     finetune,
     image_pre_projection,
     prompt_texts,
@@ -166,6 +167,33 @@ class SelectionInputs:
     batch_size: int
 
 
+def _finetune_run(
+    bundle: ClipBundle,
+    part: str,
+    subset: ImageSet,
+    prompts: Sequence[str],
+    spec: Mapping[str, Any],
+    batch_size: int,
+    **evaluation: Any,
+) -> FinetuneResult:
+    """The one finetuning run every trial makes: ``spec``'s lr, steps and seed, seeded first."""
+    seed = int(spec["seed"])
+    seed_everything(seed)
+    return finetune(
+        bundle,
+        part,
+        subset,
+        prompts,
+        steps=int(spec["steps"]),
+        lr=float(spec["lr"]),
+        batch_size=batch_size,
+        seed=seed,
+        features=frozen_features(bundle, part, subset),
+        fused=True,
+        **evaluation,
+    )
+
+
 def selection_trial(spec: dict[str, Any], inputs: SelectionInputs) -> list[dict[str, Any]]:
     """One selection run: ``spec`` (role, part, lr, seed, steps, every) trained on the seed's
     few-shot draw to ``steps`` steps, scored on validation every ``every`` steps."""
@@ -173,21 +201,11 @@ def selection_trial(spec: dict[str, Any], inputs: SelectionInputs) -> list[dict[
     val = inputs.val[role]
     k = inputs.shots[role]
     subset = few_shot(inputs.train[role], k, seed) if k else inputs.train[role]
-    seed_everything(seed)
-    result = finetune(
-        inputs.bundle,
-        part,
-        subset,
-        val.prompts,
-        steps=int(spec["steps"]),
-        lr=float(spec["lr"]),
-        batch_size=inputs.batch_size,
-        seed=seed,
-        features=frozen_features(inputs.bundle, part, subset),
+    result = _finetune_run(
+        inputs.bundle, part, subset, val.prompts, spec, inputs.batch_size,
         evaluator=lambda model: {"val": val.accuracy(model, part)},
         eval_every=int(spec["every"]),
-        fused=True,
-    )
+    )  # fmt: skip
     return [
         {"dataset": role, "part": part, "lr": float(spec["lr"]), "steps": step, "seed": seed}
         | {"val": scores["val"]}
@@ -287,19 +305,7 @@ def sweep_trial(
     test = inputs.test[role]
     start = time.perf_counter()
     subset = few_shot(inputs.train[role], k, seed)
-    seed_everything(seed)
-    result = finetune(
-        inputs.bundle,
-        part,
-        subset,
-        test.prompts,
-        steps=int(spec["steps"]),
-        lr=float(spec["lr"]),
-        batch_size=inputs.batch_size,
-        seed=seed,
-        features=frozen_features(inputs.bundle, part, subset),
-        fused=True,
-    )
+    result = _finetune_run(inputs.bundle, part, subset, test.prompts, spec, inputs.batch_size)
     record = {"part": part, "shots": k, "seed": seed}
     record["accuracy"] = test.accuracy(result.bundle.model, part)
     record["seconds"] = time.perf_counter() - start
